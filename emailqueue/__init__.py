@@ -1,0 +1,46 @@
+"""emailqueue: reliable application email through a Redis (RQ) queue, delivered by Resend.
+
+::
+
+    from emailqueue import send_email
+    send_email(to="ada@example.com", subject="Welcome", html="<p>Hi!</p>")
+"""
+
+from ._api import send_email, send_event_email
+from ._exceptions import (
+    ConfigurationError,
+    EmailQueueError,
+    FieldProblem,
+    InvalidEmailError,
+    PermanentSendError,
+    QueueError,
+    QuotaExceededError,
+    RetryableSendError,
+    SendError,
+)
+from ._message import Attachment, EmailMessage, Tag
+from ._resend import ResendClient, build_http_client
+from ._settings import Settings, load_settings
+from ._version import __version__
+
+__all__ = [
+    "Attachment",
+    "ConfigurationError",
+    "EmailMessage",
+    "EmailQueueError",
+    "FieldProblem",
+    "InvalidEmailError",
+    "PermanentSendError",
+    "QueueError",
+    "QuotaExceededError",
+    "ResendClient",
+    "RetryableSendError",
+    "SendError",
+    "Settings",
+    "Tag",
+    "__version__",
+    "build_http_client",
+    "load_settings",
+    "send_email",
+    "send_event_email",
+]

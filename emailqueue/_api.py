@@ -1,0 +1,128 @@
+"""The public calls: :func:`send_email` and :func:`send_event_email`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from rq import Queue
+
+from ._enqueue import normalized_recipient, prepare_job, resolve_queue, write_jobs
+from ._exceptions import FieldProblem, InvalidEmailError
+from ._message import EmailMessage, build_message, check_address
+from ._settings import Settings, load_settings
+
+
+def send_email(
+    message: EmailMessage | None = None,
+    *,
+    idempotency_key: str | None = None,
+    connection: redis.Redis | None = None,
+    queue: Queue | None = None,
+    settings: Settings | None = None,
+    **fields: Any,
+) -> str:
+    """Validate one email and queue it for delivery. Returns the RQ job id.
+
+    Args:
+        message: an :class:`EmailMessage`; or pass its fields as keywords instead
+            (``to=``, ``subject=``, ``html=``, ``text=``, ``from_=``, ``cc=``, ...).
+        idempotency_key: your own key for this email (an order id, say). A second call with the
+            same key queues nothing and returns the same job id, for as long as
+            ``EMAIL_DEDUP_TTL_S``. Without it every call queues a new email.
+        connection: the Redis connection to use; default: one from ``QUEUE_REDIS_URL``.
+        queue: the RQ queue to use (overrides ``connection``).
+        settings: settings to use instead of reading the environment.
+
+    Returns:
+        The job id. Delivery uses an Idempotency-Key derived from it on every attempt.
+
+    Raises:
+        InvalidEmailError: the message is invalid; every problem is listed and nothing is queued.
+        ConfigurationError: no Redis URL, or an invalid setting.
+        QueueError: Redis could not be reached after bounded retries.
+    """
+    if message is not None and fields:
+        raise TypeError("pass either an EmailMessage or keyword fields, not both")
+    settings = settings or load_settings()
+    email = build_message(message if message is not None else fields, default_from=settings.email_from)
+    dedup = None
+    if idempotency_key is not None:
+        if not isinstance(idempotency_key, str) or not 1 <= len(idempotency_key) <= 200:
+            raise InvalidEmailError([FieldProblem("idempotency_key", "must be a string of 1-200 characters")])
+        dedup = ["key", idempotency_key]
+    q = resolve_queue(settings, connection, queue)
+    job = prepare_job(email, queue=q, settings=settings, dedup=dedup)
+    write_jobs(q.connection, q, [job], settings.email_dedup_ttl_s)
+    return job.job_id
+
+
+def send_event_email(
+    event_id: str,
+    recipients: list[str],
+    subject: str,
+    *,
+    html: str | None = None,
+    text: str | None = None,
+    connection: redis.Redis | None = None,
+    queue: Queue | None = None,
+    settings: Settings | None = None,
+    **fields: Any,
+) -> list[str]:
+    """Queue one personal email per recipient of an event (no recipient sees another).
+
+    Deduplicated per (event, recipient): calling it again for the same event queues nothing for
+    recipients already queued or delivered, for ``EMAIL_DEDUP_TTL_S`` (default 7 days).
+
+    Args:
+        event_id: what the emails announce (a stable id of yours, e.g. ``"launch-2026-12"``).
+        recipients: addresses; duplicates (case-insensitive) are sent once.
+        subject, html, text: the content, the same for every recipient.
+        connection, queue, settings: as for :func:`send_email`.
+        **fields: other :class:`EmailMessage` fields (``from_``, ``reply_to``, ``tags``, ...).
+
+    Returns:
+        The job ids of the emails queued by this call (recipients deduplicated away are omitted).
+
+    Raises:
+        InvalidEmailError: any recipient or field is invalid; nothing is queued for anyone.
+        ConfigurationError, QueueError: as for :func:`send_email`.
+    """
+    settings = settings or load_settings()
+    problems: list[FieldProblem] = []
+    if not isinstance(event_id, str) or not event_id.strip() or len(event_id) > 200:
+        problems.append(FieldProblem("event_id", "must be a non-empty string of at most 200 characters"))
+    if not isinstance(recipients, list | tuple) or not recipients:
+        problems.append(FieldProblem("recipients", "must be a non-empty list of addresses"))
+        recipients = []
+    unique: dict[str, str] = {}
+    for i, address in enumerate(recipients):
+        try:
+            unique.setdefault(normalized_recipient(check_address(address)), address)
+        except (ValueError, TypeError, AttributeError) as exc:
+            problems.append(FieldProblem(f"recipients[{i}]", str(exc) or "must be an address string"))
+    template: EmailMessage | None = None
+    if unique or not problems:
+        try:
+            template = build_message(
+                {"to": next(iter(unique.values()), "x@example.com"), "subject": subject, "html": html,
+                 "text": text, **fields},
+                default_from=settings.email_from,
+            )
+        except InvalidEmailError as exc:
+            problems += [p for p in exc.problems if not p.field.startswith("to")]
+    if problems:
+        raise InvalidEmailError(problems)
+    assert template is not None
+    q = resolve_queue(settings, connection, queue)
+    jobs = [
+        prepare_job(
+            template.model_copy(update={"to": [address]}),
+            queue=q,
+            settings=settings,
+            dedup=["event", event_id, normalized],
+            event_id=event_id,
+        )
+        for normalized, address in unique.items()
+    ]
+    return write_jobs(q.connection, q, jobs, settings.email_dedup_ttl_s)

@@ -1,0 +1,126 @@
+"""The job function RQ runs, and the retry policy applied to the job when a send fails.
+
+A plain VM worker runs it::
+
+    rq worker --with-scheduler --serializer json --url "$QUEUE_REDIS_URL" emails
+
+RQ calls :func:`deliver` with the JSON payload. On a failed send the policy edits the job RQ is
+running (``rq.get_current_job()`` is that very object) before the exception propagates, so
+RQ's own failure handling does the right thing:
+
+- retryable: ``retry_intervals`` is set to our backoff (a larger ``retry-after`` wins) and RQ
+  schedules the retry in its ScheduledJobRegistry;
+- quota exceeded: as retryable, but one attempt is given back, so waiting costs nothing;
+- permanent: ``retries_left`` is set to 0 and RQ moves the job to its FailedJobRegistry now.
+
+The error name, message and attempt count go into ``job.meta["emailqueue"]`` for the status API.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+from rq import get_current_job
+from rq.job import Job
+
+from ._backoff import compute_backoff
+from ._constants import META_KEY
+from ._exceptions import PermanentSendError, QuotaExceededError, SendError
+from ._message import mask_email
+from ._payload import parse_payload
+from ._resend import ResendClient, build_http_client
+from ._settings import Settings, load_settings
+
+log = logging.getLogger("emailqueue")
+
+_runtime_lock = threading.Lock()
+_runtime: tuple[Settings, ResendClient] | None = None
+
+
+def _default_runtime() -> tuple[Settings, ResendClient]:
+    """Settings and a Resend client for this worker process, built on first use and reused."""
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            settings = load_settings()
+            http = build_http_client(
+                connect_timeout=settings.resend_connect_timeout_s, read_timeout=settings.resend_timeout_s
+            )
+            client = ResendClient(http, api_key=settings.require_api_key(), base_url=settings.resend_api_url)
+            _runtime = (settings, client)
+        return _runtime
+
+
+def deliver(payload: dict[str, Any]) -> str:
+    """RQ job function: send one email through Resend. Returns Resend's email id.
+
+    Raises:
+        SendError: the send failed; the job has been told whether and when to retry.
+        ConfigurationError: RESEND_API_KEY is missing (RQ retries the job; fix and it goes out).
+    """
+    settings, client = _default_runtime()
+    return send_payload(payload, client, settings, job=get_current_job())
+
+
+def send_payload(
+    raw: Any,
+    client: ResendClient,
+    settings: Settings,
+    *,
+    job: Job | None = None,
+    rng: random.Random | None = None,
+) -> str:
+    """Parse ``raw``, send it, and on failure apply the retry policy to ``job``."""
+    try:
+        payload = parse_payload(raw)
+        email_id = client.send(payload.email, idempotency_key=payload.idempotency_key)
+    except SendError as exc:
+        if job is not None:
+            apply_failure_policy(job, exc, settings, rng=rng)
+        raise
+    to = ", ".join(mask_email(r) for r in payload.recipients)
+    log.info("sent %s to %s (resend id %s)", job.id if job else "email", to, email_id)
+    return email_id
+
+
+def attempts_so_far(job: Job) -> int:
+    """Failed attempts recorded on the job (0 before the first failure)."""
+    record = job.meta.get(META_KEY)
+    return int(record.get("attempts", 0)) if isinstance(record, dict) else 0
+
+
+def apply_failure_policy(
+    job: Job, exc: SendError, settings: Settings, *, rng: random.Random | None = None
+) -> None:
+    """Record the failure on ``job`` and set how RQ should retry it (see the module docstring)."""
+    attempts = attempts_so_far(job) + 1
+    retries_left = job.retries_left or 0
+    delay: int | None = None
+    if isinstance(exc, PermanentSendError):
+        job.retries_left = 0
+    elif isinstance(exc, QuotaExceededError):
+        # Not the email's fault: give the attempt back and wait for the quota.
+        job.retries_left = retries_left + 1
+        delay = compute_backoff(1, base=settings.email_quota_retry_s, cap=settings.email_quota_retry_s,
+                                retry_after=exc.retry_after, rng=rng)
+    elif retries_left > 0:
+        delay = compute_backoff(attempts, base=settings.email_backoff_base_s, cap=settings.email_backoff_cap_s,
+                                retry_after=exc.retry_after, rng=rng)
+    if delay is not None:
+        job.retry_intervals = [delay]
+    job.meta[META_KEY] = {
+        "attempts": attempts,
+        "error": {"name": exc.name, "message": exc.message, "status_code": exc.status_code},
+        "failed_at": datetime.now(UTC).isoformat(),
+        "next_retry_in_s": delay,
+    }
+    # RQ persists the job when it schedules a retry, but not when it fails it for good.
+    job.save_meta()
+    if delay is None:
+        log.warning("job %s failed for good after %d attempt(s): %s", job.id, attempts, exc)
+    else:
+        log.warning("job %s attempt %d failed (%s); retry in %ds", job.id, attempts, exc, delay)

@@ -1,0 +1,125 @@
+"""A small Resend client on an injected ``httpx.Client``.
+
+Every Resend reply and every httpx exception is translated into the :class:`SendError`
+tree here and nowhere else (PLATFORM_FACTS.md, "Resend": error names and which are permanent).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from typing import Any
+
+import httpx
+
+from ._exceptions import PermanentSendError, QuotaExceededError, RetryableSendError, SendError
+from ._redact import redact_text
+from ._version import __version__
+
+USER_AGENT = f"emailqueue/{__version__}"
+
+# 409 names: a mismatch is our bug (permanent); a concurrent request is still running (retry).
+_CONCURRENT = "concurrent_idempotent_requests"
+_QUOTA_NAMES = frozenset({"daily_quota_exceeded", "monthly_quota_exceeded"})
+_RETRYABLE_4XX = frozenset({408, 425})
+
+
+def build_http_client(*, connect_timeout: float = 5.0, read_timeout: float = 15.0) -> httpx.Client:
+    """An ``httpx.Client`` with explicit timeouts: a send can never block a worker forever
+    (RQ's thread-safe death penalty cannot interrupt a blocking socket read)."""
+    timeout = httpx.Timeout(read_timeout, connect=connect_timeout, pool=connect_timeout)
+    return httpx.Client(timeout=timeout, headers={"User-Agent": USER_AGENT})
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds from a ``retry-after`` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when - (time.time() if now is None else now))
+
+
+def error_from_response(response: httpx.Response) -> SendError:
+    """Map a non-2xx Resend reply to the right :class:`SendError` subclass."""
+    status = response.status_code
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    if not isinstance(body, dict):
+        body = {}
+    name = str(body.get("name") or f"http_{status}")
+    message = redact_text(str(body.get("message") or response.reason_phrase or "no message"))
+    retry_after = parse_retry_after(response.headers.get("retry-after"))
+    kwargs: dict[str, Any] = {"status_code": status, "name": name, "retry_after": retry_after}
+    if status == 429 and name in _QUOTA_NAMES:
+        return QuotaExceededError(message, **kwargs)
+    if status == 429 or status >= 500 or status in _RETRYABLE_4XX:
+        return RetryableSendError(message, **kwargs)
+    if status == 409 and name == _CONCURRENT:
+        return RetryableSendError(message, **kwargs)
+    if 400 <= status < 500:
+        return PermanentSendError(message, **kwargs)
+    return RetryableSendError(f"unexpected reply {status}: {message}", **kwargs)
+
+
+def error_from_exception(exc: httpx.HTTPError) -> SendError:
+    """Map an httpx exception (timeouts, network errors) to a retryable :class:`SendError`.
+
+    A timeout is retryable because the retry carries the same Idempotency-Key: if Resend did
+    accept the first request, it answers the retry with the original reply and sends nothing.
+    """
+    if isinstance(exc, httpx.TimeoutException):
+        return RetryableSendError(f"no reply from Resend in time ({type(exc).__name__})", name="timeout")
+    if isinstance(exc, httpx.TransportError):
+        return RetryableSendError(f"could not reach Resend ({type(exc).__name__})", name="network_error")
+    return RetryableSendError(f"HTTP error talking to Resend ({type(exc).__name__})", name="http_error")
+
+
+class ResendClient:
+    """Sends emails to Resend's REST API.
+
+    Args:
+        http: the ``httpx.Client`` to use; tests pass one with ``httpx.MockTransport`` or one
+            pointed at :class:`emailqueue.testing.FakeResend`.
+        api_key: the Resend API key.
+        base_url: ``https://api.resend.com`` unless testing.
+    """
+
+    def __init__(self, http: httpx.Client, *, api_key: str, base_url: str = "https://api.resend.com") -> None:
+        self._http = http
+        self._base_url = base_url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT}
+
+    def send(self, email: dict[str, Any], *, idempotency_key: str) -> str:
+        """``POST /emails`` with an Idempotency-Key; returns Resend's email id.
+
+        Raises:
+            RetryableSendError: transient (timeout, network, 5xx, 429, concurrent 409).
+            QuotaExceededError: the daily or monthly quota is used up.
+            PermanentSendError: Resend rejected the email for good.
+        """
+        reply = self._post("/emails", email, idempotency_key)
+        if not isinstance(reply, dict) or not isinstance(reply.get("id"), str):
+            raise RetryableSendError("Resend replied 200 without an email id", name="bad_reply")
+        return reply["id"]
+
+    def _post(self, path: str, body: Any, idempotency_key: str, extra: dict[str, str] | None = None) -> Any:
+        headers = {**self._headers, "Idempotency-Key": idempotency_key, **(extra or {})}
+        try:
+            response = self._http.post(self._base_url + path, json=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise error_from_exception(exc) from exc
+        if not response.is_success:
+            raise error_from_response(response)
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise RetryableSendError("Resend replied with invalid JSON", name="bad_reply") from exc

@@ -1,0 +1,112 @@
+"""Settings, read from the environment and from ``.env``.
+
+Nothing here runs at import time: call :func:`load_settings` (the library does, lazily) or
+build :class:`Settings` yourself and pass it in.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ._constants import DEFAULT_QUEUE_NAME
+from ._exceptions import ConfigurationError
+
+#: Where the Redis URL may come from, in order. Vercel's Upstash integration injects the last two.
+REDIS_URL_VARIABLES = ("QUEUE_REDIS_URL", "REDIS_URL", "KV_URL")
+
+_DAY = 24 * 3600
+
+Seconds = Annotated[float, Field(gt=0)]
+
+
+class Settings(BaseSettings):
+    """Every setting of emailqueue. Each field is read from the upper-cased variable of its name."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        populate_by_name=True,
+    )
+
+    queue_redis_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(*REDIS_URL_VARIABLES),
+        description="Redis URL (redis:// or rediss://). Fallbacks: REDIS_URL, KV_URL.",
+    )
+    resend_api_key: SecretStr | None = Field(default=None, description="Resend API key (re_...).")
+    resend_api_url: str = Field(default="https://api.resend.com", description="Resend API base URL.")
+    email_from: str | None = Field(default=None, description="Default sender when a message has none.")
+    email_queue_name: str = Field(default=DEFAULT_QUEUE_NAME, min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+
+    email_max_attempts: int = Field(default=6, ge=1, le=50, description="Send attempts before failing.")
+    email_backoff_base_s: Seconds = Field(default=10.0, description="First retry delay (doubles each time).")
+    email_backoff_cap_s: Seconds = Field(default=3600.0, description="Longest retry delay.")
+    email_quota_retry_s: Seconds = Field(
+        default=3600.0, description="Wait after a daily/monthly quota error (attempts are not spent)."
+    )
+    email_failure_ttl_s: int = Field(default=30 * _DAY, ge=60, description="How long failed jobs are kept.")
+    email_dedup_ttl_s: int = Field(
+        default=7 * _DAY, ge=_DAY, description="How long an event/recipient pair is remembered (>= 24 h)."
+    )
+    email_job_timeout_s: int = Field(default=60, ge=5, description="RQ job timeout of one send.")
+
+    resend_connect_timeout_s: Seconds = Field(default=5.0)
+    resend_timeout_s: Seconds = Field(default=15.0, description="Read timeout of one Resend request.")
+
+    @field_validator("queue_redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis:// or rediss:// (Upstash needs rediss://)")
+        return value
+
+    @field_validator("resend_api_url")
+    @classmethod
+    def _check_api_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL such as https://api.resend.com")
+        return value.rstrip("/")
+
+    def require_redis_url(self) -> str:
+        """The Redis URL, or a :class:`ConfigurationError` that says how to set one."""
+        if not self.queue_redis_url:
+            raise ConfigurationError(
+                "QUEUE_REDIS_URL is not set (nor REDIS_URL or KV_URL); set it to redis://localhost:6379 "
+                "or, on Vercel, connect Upstash Redis, which injects REDIS_URL"
+            )
+        return self.queue_redis_url
+
+    def require_api_key(self) -> str:
+        """The Resend API key, or a :class:`ConfigurationError` that says how to set one."""
+        key = self.resend_api_key.get_secret_value().strip() if self.resend_api_key else ""
+        if not key:
+            raise ConfigurationError(
+                "RESEND_API_KEY is not set; create one at resend.com/api-keys and set it in the "
+                "worker's environment"
+            )
+        return key
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment and ``.env``, applying ``overrides`` on top.
+
+    Raises:
+        ConfigurationError: a variable is invalid; the message names it.
+    """
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            variable = "QUEUE_REDIS_URL" if field in REDIS_URL_VARIABLES or field == "queue_redis_url" else field
+            problems.append(f"{variable.upper()}: {err['msg']}")
+        raise ConfigurationError("invalid configuration: " + "; ".join(problems)) from None
