@@ -18,6 +18,7 @@ from ._exceptions import (
     RetryableSendError,
     SendError,
 )
+from ._jobs import configure_worker
 from ._message import Attachment, EmailMessage, Tag
 from ._resend import ResendClient, build_http_client
 from ._settings import Settings, load_settings
@@ -40,6 +41,7 @@ __all__ = [
     "Tag",
     "__version__",
     "build_http_client",
+    "configure_worker",
     "load_settings",
     "send_email",
     "send_event_email",

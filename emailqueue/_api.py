@@ -105,8 +105,13 @@ def send_event_email(
     if unique or not problems:
         try:
             template = build_message(
-                {"to": next(iter(unique.values()), "x@example.com"), "subject": subject, "html": html,
-                 "text": text, **fields},
+                {
+                    "to": next(iter(unique.values()), "x@example.com"),
+                    "subject": subject,
+                    "html": html,
+                    "text": text,
+                    **fields,
+                },
                 default_from=settings.email_from,
             )
         except InvalidEmailError as exc:

@@ -19,7 +19,9 @@ def compute_backoff(
     Exponential (``base * 2**(attempt-1)``, capped at ``cap``) with "equal jitter": the wait is
     uniform in ``[d/2, d]``, so retries of many jobs spread out but never come back early.
     A ``retry_after`` from the server wins when it is larger. Returns whole seconds, rounded
-    up, because RQ schedules retries in whole seconds.
+    up, because RQ schedules retries in whole seconds; and since RQ's ScheduledJobRegistry also
+    truncates the due time to the second, a ``retry_after`` gets one more second so the retry
+    can never come back before the server said.
 
     Args:
         attempt: which retry this is, starting at 1.
@@ -32,6 +34,7 @@ def compute_backoff(
         raise ValueError("attempt starts at 1")
     ceiling = min(cap, base * 2 ** min(attempt - 1, 62))
     delay = ceiling / 2 + (rng or random).uniform(0, ceiling / 2)
-    if retry_after is not None:
-        delay = max(delay, retry_after)
-    return max(1, math.ceil(delay))
+    if retry_after is not None and retry_after > 0:
+        delay = max(delay, math.ceil(retry_after) + 1)
+    whole: int = math.ceil(delay)
+    return max(1, whole)

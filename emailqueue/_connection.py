@@ -39,7 +39,9 @@ def connect(
             retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         )
     except ValueError as exc:
-        raise ConfigurationError(f"QUEUE_REDIS_URL {redact_url(url)} is not a valid Redis URL: {exc}") from None
+        raise ConfigurationError(
+            f"QUEUE_REDIS_URL {redact_url(url)} is not a valid Redis URL: {exc}"
+        ) from None
 
 
 @contextmanager

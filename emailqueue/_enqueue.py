@@ -123,7 +123,9 @@ def prepare_job(
     return PreparedJob(job_id, job.to_dict(), dedup_key)
 
 
-def write_jobs(connection: redis.Redis, queue: Queue, jobs: Sequence[PreparedJob], dedup_ttl: int) -> list[str]:
+def write_jobs(
+    connection: redis.Redis, queue: Queue, jobs: Sequence[PreparedJob], dedup_ttl: int
+) -> list[str]:
     """Write ``jobs`` atomically in one round trip; return the ids actually queued."""
     if not jobs:
         return []

@@ -41,17 +41,38 @@ _runtime_lock = threading.Lock()
 _runtime: tuple[Settings, ResendClient] | None = None
 
 
+def configure_worker(settings: Settings | None = None, client: ResendClient | None = None) -> None:
+    """Set the settings and Resend client that :func:`deliver` uses in this process.
+
+    A VM ``rq worker`` needs none of this: it reads the environment on its first job. Call it to
+    run jobs in-process with your own ``httpx`` client (tests do), or with no arguments to
+    forget a previous configuration.
+    """
+    global _runtime
+    with _runtime_lock:
+        if settings is None and client is None:
+            _runtime = None
+            return
+        settings = settings or load_settings()
+        if client is None:
+            client = _client_for(settings)
+        _runtime = (settings, client)
+
+
+def _client_for(settings: Settings) -> ResendClient:
+    http = build_http_client(
+        connect_timeout=settings.resend_connect_timeout_s, read_timeout=settings.resend_timeout_s
+    )
+    return ResendClient(http, api_key=settings.require_api_key(), base_url=settings.resend_api_url)
+
+
 def _default_runtime() -> tuple[Settings, ResendClient]:
     """Settings and a Resend client for this worker process, built on first use and reused."""
     global _runtime
     with _runtime_lock:
         if _runtime is None:
             settings = load_settings()
-            http = build_http_client(
-                connect_timeout=settings.resend_connect_timeout_s, read_timeout=settings.resend_timeout_s
-            )
-            client = ResendClient(http, api_key=settings.require_api_key(), base_url=settings.resend_api_url)
-            _runtime = (settings, client)
+            _runtime = (settings, _client_for(settings))
         return _runtime
 
 
@@ -105,11 +126,21 @@ def apply_failure_policy(
     elif isinstance(exc, QuotaExceededError):
         # Not the email's fault: give the attempt back and wait for the quota.
         job.retries_left = retries_left + 1
-        delay = compute_backoff(1, base=settings.email_quota_retry_s, cap=settings.email_quota_retry_s,
-                                retry_after=exc.retry_after, rng=rng)
+        delay = compute_backoff(
+            1,
+            base=settings.email_quota_retry_s,
+            cap=settings.email_quota_retry_s,
+            retry_after=exc.retry_after,
+            rng=rng,
+        )
     elif retries_left > 0:
-        delay = compute_backoff(attempts, base=settings.email_backoff_base_s, cap=settings.email_backoff_cap_s,
-                                retry_after=exc.retry_after, rng=rng)
+        delay = compute_backoff(
+            attempts,
+            base=settings.email_backoff_base_s,
+            cap=settings.email_backoff_cap_s,
+            retry_after=exc.retry_after,
+            rng=rng,
+        )
     if delay is not None:
         job.retry_intervals = [delay]
     job.meta[META_KEY] = {
@@ -119,7 +150,7 @@ def apply_failure_policy(
         "next_retry_in_s": delay,
     }
     # RQ persists the job when it schedules a retry, but not when it fails it for good.
-    job.save_meta()
+    job.save_meta()  # type: ignore[no-untyped-call]
     if delay is None:
         log.warning("job %s failed for good after %d attempt(s): %s", job.id, attempts, exc)
     else:

@@ -239,7 +239,9 @@ class EmailMessage(BaseModel):
 
 def approximate_size(message: EmailMessage) -> int:
     """Bytes of text and base64 content: what Resend's 40 MB limit counts."""
-    size = sum(len((s or "").encode("utf-8", "replace")) for s in (message.html, message.text, message.subject))
+    size = sum(
+        len((s or "").encode("utf-8", "replace")) for s in (message.html, message.text, message.subject)
+    )
     size += sum(len(a.content or "") for a in message.attachments or [])
     return size
 
@@ -285,8 +287,12 @@ def build_message(data: EmailMessage | dict[str, Any], default_from: str | None 
         except ValidationError as exc:
             problems = problems_from(exc)
             if not (data.get("html") or data.get("text")) and "html/text" not in {p.field for p in problems}:
-                problems.append(FieldProblem("html/text", "give html or text (or both); an email needs a body"))
-    sender = message.from_ if message else data.get("from", data.get("from_")) if isinstance(data, dict) else None
+                problems.append(
+                    FieldProblem("html/text", "give html or text (or both); an email needs a body")
+                )
+    sender = (
+        message.from_ if message else data.get("from", data.get("from_")) if isinstance(data, dict) else None
+    )
     if not sender and not default_from:
         problems.append(FieldProblem("from", "no sender: pass from_=... or set EMAIL_FROM"))
     if problems:

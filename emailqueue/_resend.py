@@ -109,7 +109,7 @@ class ResendClient:
         reply = self._post("/emails", email, idempotency_key)
         if not isinstance(reply, dict) or not isinstance(reply.get("id"), str):
             raise RetryableSendError("Resend replied 200 without an email id", name="bad_reply")
-        return reply["id"]
+        return str(reply["id"])
 
     def _post(self, path: str, body: Any, idempotency_key: str, extra: dict[str, str] | None = None) -> Any:
         headers = {**self._headers, "Idempotency-Key": idempotency_key, **(extra or {})}

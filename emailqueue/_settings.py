@@ -107,6 +107,8 @@ def load_settings(**overrides: object) -> Settings:
         problems = []
         for err in exc.errors():
             field = str(err["loc"][0]) if err["loc"] else "?"
-            variable = "QUEUE_REDIS_URL" if field in REDIS_URL_VARIABLES or field == "queue_redis_url" else field
+            variable = (
+                "QUEUE_REDIS_URL" if field in REDIS_URL_VARIABLES or field == "queue_redis_url" else field
+            )
             problems.append(f"{variable.upper()}: {err['msg']}")
         raise ConfigurationError("invalid configuration: " + "; ".join(problems)) from None

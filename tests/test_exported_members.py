@@ -1,0 +1,38 @@
+import emailqueue
+
+EXPECTED = [
+    "Attachment",
+    "ConfigurationError",
+    "EmailMessage",
+    "EmailQueueError",
+    "FieldProblem",
+    "InvalidEmailError",
+    "PermanentSendError",
+    "QueueError",
+    "QuotaExceededError",
+    "ResendClient",
+    "RetryableSendError",
+    "SendError",
+    "Settings",
+    "Tag",
+    "__version__",
+    "build_http_client",
+    "configure_worker",
+    "load_settings",
+    "send_email",
+    "send_event_email",
+]
+
+
+def test_public_api_is_exactly_the_documented_list() -> None:
+    assert emailqueue.__all__ == EXPECTED
+    assert sorted(emailqueue.__all__) == emailqueue.__all__
+    for name in EXPECTED:
+        assert getattr(emailqueue, name) is not None
+
+
+def test_every_public_exception_is_an_emailqueue_error() -> None:
+    for name in emailqueue.__all__:
+        obj = getattr(emailqueue, name)
+        if isinstance(obj, type) and issubclass(obj, Exception):
+            assert issubclass(obj, emailqueue.EmailQueueError), name
