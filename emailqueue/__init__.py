@@ -7,6 +7,7 @@
 """
 
 from ._api import send_email, send_event_email
+from ._drain import DrainReport, drain
 from ._exceptions import (
     ConfigurationError,
     EmailQueueError,
@@ -27,6 +28,7 @@ from ._version import __version__
 __all__ = [
     "Attachment",
     "ConfigurationError",
+    "DrainReport",
     "EmailMessage",
     "EmailQueueError",
     "FieldProblem",
@@ -42,6 +44,7 @@ __all__ = [
     "__version__",
     "build_http_client",
     "configure_worker",
+    "drain",
     "load_settings",
     "send_email",
     "send_event_email",

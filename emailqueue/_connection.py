@@ -25,7 +25,9 @@ def connect(
 
     A command that hits a dropped connection is retried ``retries`` times with exponential
     backoff (capped at ``backoff_cap`` seconds), then raises. Nothing is sent at this point:
-    the connection opens on first use. No health-check PINGs: Upstash bills every command.
+    the connection opens on first use. No health-check PINGs, RESP2 and no ``CLIENT SETINFO``:
+    Upstash bills every command, and redis-py's default handshake (HELLO 3, CLIENT
+    MAINT_NOTIFICATIONS, two CLIENT SETINFO) costs four round trips per new connection.
 
     Raises:
         ConfigurationError: the URL cannot be parsed.
@@ -37,6 +39,8 @@ def connect(
             socket_connect_timeout=connect_timeout,
             retry=Retry(ExponentialBackoff(cap=backoff_cap, base=0.05), retries),
             retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+            protocol=2,
+            driver_info=None,
         )
     except ValueError as exc:
         raise ConfigurationError(

@@ -58,6 +58,23 @@ class Settings(BaseSettings):
     resend_connect_timeout_s: Seconds = Field(default=5.0)
     resend_timeout_s: Seconds = Field(default=15.0, description="Read timeout of one Resend request.")
 
+    # --- serverless drain and the HTTP API ---
+    cron_secret: SecretStr | None = Field(default=None, description="Bearer token Vercel Cron sends.")
+    queue_admin_token: SecretStr | None = Field(default=None, description="Bearer token of /api/admin/*.")
+    drain_max_jobs: int = Field(default=100, ge=1, le=10_000, description="Most jobs one drain run takes.")
+    drain_max_duration_s: Seconds = Field(
+        default=60.0, description="The function's maxDuration (vercel.json); the time budget fits under it."
+    )
+    drain_time_budget_s: Seconds | None = Field(
+        default=None, description="Stop taking jobs past this; default: maxDuration minus a safety margin."
+    )
+    emailqueue_dev: bool = Field(
+        default=False, description="Local development mode: the API routes work without their secrets."
+    )
+    vercel_env: str | None = Field(
+        default=None, description="Set by Vercel: production, preview, development."
+    )
+
     @field_validator("queue_redis_url")
     @classmethod
     def _check_redis_url(cls, value: str | None) -> str | None:
@@ -74,6 +91,24 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http(s) URL such as https://api.resend.com")
         return value.rstrip("/")
+
+    @property
+    def send_timeout_s(self) -> float:
+        """The longest one Resend request can take: connect plus read timeout."""
+        return self.resend_connect_timeout_s + self.resend_timeout_s
+
+    @property
+    def time_budget_s(self) -> float:
+        """How long one drain run may work: ``DRAIN_TIME_BUDGET_S``, or ``maxDuration`` less a
+        margin of 10 s (for start-up and the reply), but never less than half of it."""
+        if self.drain_time_budget_s is not None:
+            return self.drain_time_budget_s
+        return max(self.drain_max_duration_s - 10.0, self.drain_max_duration_s / 2)
+
+    @property
+    def dev_mode(self) -> bool:
+        """Development mode is explicit (``EMAILQUEUE_DEV=1``) and never on in Vercel production."""
+        return self.emailqueue_dev and self.vercel_env != "production"
 
     def require_redis_url(self) -> str:
         """The Redis URL, or a :class:`ConfigurationError` that says how to set one."""

@@ -3,6 +3,7 @@ import emailqueue
 EXPECTED = [
     "Attachment",
     "ConfigurationError",
+    "DrainReport",
     "EmailMessage",
     "EmailQueueError",
     "FieldProblem",
@@ -18,6 +19,7 @@ EXPECTED = [
     "__version__",
     "build_http_client",
     "configure_worker",
+    "drain",
     "load_settings",
     "send_email",
     "send_event_email",

@@ -123,6 +123,7 @@ def test_missing_user_agent_is_403(fake: FakeResend) -> None:
         ({**EMAIL, "to": [f"u{i}@example.com" for i in range(51)]}, "validation_error", "`to`"),
         ({**EMAIL, "subject": 7}, "validation_error", "`subject`"),
         ({**EMAIL, "tags": [{"name": "has space", "value": "x"}]}, "validation_error", "tag"),
+        ({**EMAIL, "tags": 5}, "validation_error", "tag"),
         (["not", "an", "object"], "validation_error", "object"),
     ],
 )
@@ -200,8 +201,7 @@ def test_concurrent_sends_with_one_key_are_accepted_once(fake: FakeResend) -> No
         responses = list(pool.map(lambda _: post(fake, key="same"), range(12)))
 
     statuses = [r.status_code for r in responses]
-    assert set(statuses) <= {200, 409}
-    assert statuses.count(200) >= 1
+    assert set(statuses) == {200, 409}
     assert len(fake.accepted) == 1
     assert {r.json()["id"] for r in responses if r.status_code == 200} == {fake.accepted[0].id}
 

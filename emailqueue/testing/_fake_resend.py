@@ -142,8 +142,8 @@ def _retry_headers(status: int, retry_after: float | None, limit: int) -> tuple[
     return tuple(headers)
 
 
-def _is_tag_part(value: object) -> bool:
-    return isinstance(value, str) and _TAG.fullmatch(value) is not None
+def _is_tag(tag: dict[str, Any]) -> bool:
+    return all(isinstance(tag.get(k), str) and _TAG.fullmatch(tag[k]) for k in ("name", "value"))
 
 
 def _problem(email: object, rejected: frozenset[str]) -> tuple[str, str] | None:
@@ -162,9 +162,9 @@ def _problem(email: object, rejected: frozenset[str]) -> tuple[str, str] | None:
     to = [to] if isinstance(to, str) else to
     if not (isinstance(to, list) and 1 <= len(to) <= MAX_RECIPIENTS and all(isinstance(a, str) for a in to)):
         return "validation_error", f"The `to` field must be an address or 1-{MAX_RECIPIENTS} addresses."
-    for tag in email.get("tags") or []:
-        if not (isinstance(tag, dict) and all(_is_tag_part(tag.get(k)) for k in ("name", "value"))):
-            return "validation_error", "Each tag needs a `name` and `value` of ASCII letters, digits, _ or -."
+    tags = email.get("tags") or []
+    if not isinstance(tags, list) or not all(isinstance(t, dict) and _is_tag(t) for t in tags):
+        return "validation_error", "Each tag needs a `name` and `value` of ASCII letters, digits, _ or -."
     if rejected.intersection(to):
         return "validation_error", "invalid recipient"
     return None
@@ -344,6 +344,7 @@ class FakeResend:
 
     def _serve(self, method: str, path: str, headers: dict[str, str], body: bytes) -> _Reply:
         claimed: str | None = None  # the idempotency key this request holds in flight
+        pause = self.latency
         try:
             checked = self._check(method, path, headers, body)
             if isinstance(checked, _Reply):
@@ -352,9 +353,11 @@ class FakeResend:
                 reply = refused
             else:
                 claimed = checked.key
+                # A slow server is slow before it commits, with the key in flight meanwhile.
+                self._stopping.wait(pause)
+                pause = 0.0
                 reply = self._process(checked)
-            # The key stays in flight through the delay, as it would on a slow server.
-            self._stopping.wait(self.latency + reply.delay)
+            self._stopping.wait(pause + reply.delay)  # a late reply also keeps the key in flight
         finally:
             if claimed is not None:
                 with self._lock:
