@@ -83,7 +83,7 @@ class _Keys:
         return cls(
             queue=queue.key,
             wip=StartedJobRegistry(queue=queue).key,
-            scheduled=ScheduledJobRegistry(queue=queue).key,
+            scheduled=ScheduledJobRegistry(queue=queue).key,  # type: ignore[no-untyped-call]
             failed=FailedJobRegistry(queue=queue).key,
             lock=RQScheduler.get_locking_key(queue.name),
             job_prefix=Job.key_for(""),
@@ -182,8 +182,8 @@ def _note_failure(queue: Queue, job_id: str, name: str, message: str) -> None:
         job = Job.fetch(job_id, connection=queue.connection, serializer=JSONSerializer)
     except Exception:  # the hash is gone: nothing to annotate
         return
-    record = job.meta.get(META_KEY) if isinstance(job.meta.get(META_KEY), dict) else {}
-    attempts = int(record.get("attempts", 0)) + 1
+    record = job.meta.get(META_KEY)
+    attempts = (int(record.get("attempts", 0)) if isinstance(record, dict) else 0) + 1
     job.meta[META_KEY] = {
         "attempts": attempts,
         "error": {"name": name, "message": message, "status_code": None},
@@ -298,7 +298,7 @@ def _fail(
     with conn.pipeline() as pipe:
         pipe.zrem(keys.wip, claimed.member)
         if job.should_retry:
-            job.retry(queue, pipe)  # type: ignore[no-untyped-call]
+            job.retry(queue, pipe)
             report.retrying += 1
         else:
             job.set_status(JobStatus.FAILED, pipeline=pipe)
