@@ -37,8 +37,7 @@ from . import _scripts
 from ._connection import connect, redis_errors
 from ._constants import JOB_FUNC_PATH, META_KEY
 from ._exceptions import PermanentSendError, RetryableSendError, SendError
-from ._jobs import _client_for, apply_failure_policy, send_payload
-from ._resend import ResendClient
+from ._jobs import Sender, _client_for, apply_failure_policy, send_payload
 from ._settings import Settings, load_settings
 
 log = logging.getLogger("emailqueue.drain")
@@ -104,7 +103,7 @@ def drain(
     time_budget: float | None = None,
     connection: redis.Redis | None = None,
     settings: Settings | None = None,
-    client: ResendClient | None = None,
+    client: Sender | None = None,
     clock: Callable[[], float] = time.monotonic,
     wall_clock: Callable[[], float] = time.time,
 ) -> DrainReport:
@@ -197,7 +196,7 @@ def _work(
     conn: redis.Redis,
     queue: Queue,
     keys: _Keys,
-    client: ResendClient,
+    client: Sender,
     settings: Settings,
     report: DrainReport,
     limit: int,
@@ -259,7 +258,7 @@ def _process(
     conn: redis.Redis,
     queue: Queue,
     keys: _Keys,
-    client: ResendClient,
+    client: Sender,
     settings: Settings,
     report: DrainReport,
     claimed: _Claimed,

@@ -22,15 +22,16 @@ import logging
 import random
 import threading
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from rq import get_current_job
 from rq.job import Job
 
 from ._backoff import compute_backoff
 from ._constants import META_KEY
-from ._exceptions import PermanentSendError, QuotaExceededError, SendError
+from ._exceptions import ConfigurationError, PermanentSendError, QuotaExceededError, SendError
 from ._message import mask_email
+from ._outbox import OutboxClient
 from ._payload import parse_payload
 from ._resend import ResendClient, build_http_client
 from ._settings import Settings, load_settings
@@ -38,10 +39,16 @@ from ._settings import Settings, load_settings
 log = logging.getLogger("emailqueue")
 
 _runtime_lock = threading.Lock()
-_runtime: tuple[Settings, ResendClient] | None = None
+_runtime: tuple[Settings, Sender] | None = None
 
 
-def configure_worker(settings: Settings | None = None, client: ResendClient | None = None) -> None:
+class Sender(Protocol):
+    """What sends an email: :class:`ResendClient`, or the dev-mode :class:`OutboxClient`."""
+
+    def send(self, email: dict[str, Any], *, idempotency_key: str) -> str: ...
+
+
+def configure_worker(settings: Settings | None = None, client: Sender | None = None) -> None:
     """Set the settings and Resend client that :func:`deliver` uses in this process.
 
     A VM ``rq worker`` needs none of this: it reads the environment on its first job. Call it to
@@ -59,14 +66,21 @@ def configure_worker(settings: Settings | None = None, client: ResendClient | No
         _runtime = (settings, client)
 
 
-def _client_for(settings: Settings) -> ResendClient:
+def _client_for(settings: Settings) -> Sender:
+    """A Resend client; or, in dev mode without a key, the local outbox.
+
+    Raises:
+        ConfigurationError: no RESEND_API_KEY outside dev mode.
+    """
+    if settings.resend_api_key is None and settings.dev_mode:
+        return OutboxClient(settings.emailqueue_outbox_dir)
     http = build_http_client(
         connect_timeout=settings.resend_connect_timeout_s, read_timeout=settings.resend_timeout_s
     )
     return ResendClient(http, api_key=settings.require_api_key(), base_url=settings.resend_api_url)
 
 
-def _default_runtime() -> tuple[Settings, ResendClient]:
+def _default_runtime() -> tuple[Settings, Sender]:
     """Settings and a Resend client for this worker process, built on first use and reused."""
     global _runtime
     with _runtime_lock:
@@ -83,13 +97,36 @@ def deliver(payload: dict[str, Any]) -> str:
         SendError: the send failed; the job has been told whether and when to retry.
         ConfigurationError: RESEND_API_KEY is missing (RQ retries the job; fix and it goes out).
     """
-    settings, client = _default_runtime()
-    return send_payload(payload, client, settings, job=get_current_job())
+    job = get_current_job()
+    try:
+        settings, client = _default_runtime()
+    except ConfigurationError as exc:
+        if job is not None:
+            _keep_for_later(job, exc)
+        raise
+    return send_payload(payload, client, settings, job=job)
+
+
+#: How long a job waits when the worker is misconfigured (no key): it is kept, not failed.
+MISCONFIGURED_RETRY_S = 60
+
+
+def _keep_for_later(job: Job, exc: ConfigurationError) -> None:
+    """The worker cannot send at all (no API key): keep the job, spend no attempt, retry later."""
+    job.retries_left = (job.retries_left or 0) + 1
+    job.retry_intervals = [MISCONFIGURED_RETRY_S]
+    record = job.meta.get(META_KEY)
+    job.meta[META_KEY] = {
+        **(record if isinstance(record, dict) else {}),
+        "error": {"name": "misconfigured", "message": str(exc), "status_code": None},
+        "next_retry_in_s": MISCONFIGURED_RETRY_S,
+    }
+    log.error("job %s kept for later: %s", job.id, exc)
 
 
 def send_payload(
     raw: Any,
-    client: ResendClient,
+    client: Sender,
     settings: Settings,
     *,
     job: Job | None = None,

@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     vercel_env: str | None = Field(
         default=None, description="Set by Vercel: production, preview, development."
     )
+    emailqueue_outbox_dir: str = Field(
+        default=".emailqueue/outbox", description="Where dev mode writes emails when RESEND_API_KEY is unset."
+    )
 
     @field_validator("queue_redis_url")
     @classmethod
@@ -114,8 +117,8 @@ class Settings(BaseSettings):
         """The Redis URL, or a :class:`ConfigurationError` that says how to set one."""
         if not self.queue_redis_url:
             raise ConfigurationError(
-                "QUEUE_REDIS_URL is not set (nor REDIS_URL or KV_URL); set it to redis://localhost:6379 "
-                "or, on Vercel, connect Upstash Redis, which injects REDIS_URL"
+                "QUEUE_REDIS_URL is not set (nor REDIS_URL or KV_URL); set it to redis://localhost:6379, "
+                "run `emailqueue dev`, or, on Vercel, connect Upstash Redis, which injects REDIS_URL"
             )
         return self.queue_redis_url
 
@@ -137,7 +140,7 @@ def load_settings(**overrides: object) -> Settings:
         ConfigurationError: a variable is invalid; the message names it.
     """
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
@@ -147,3 +150,11 @@ def load_settings(**overrides: object) -> Settings:
             )
             problems.append(f"{variable.upper()}: {err['msg']}")
         raise ConfigurationError("invalid configuration: " + "; ".join(problems)) from None
+    if settings.queue_redis_url is None and settings.vercel_env != "production":
+        # `emailqueue dev` running in this directory: use its embedded Redis.
+        from ._devstate import read_state
+
+        url = read_state()
+        if url:
+            settings = settings.model_copy(update={"queue_redis_url": url})
+    return settings
