@@ -106,6 +106,7 @@ def drain(
     client: Sender | None = None,
     clock: Callable[[], float] = time.monotonic,
     wall_clock: Callable[[], float] = time.time,
+    on_progress: Callable[[DrainReport], None] | None = None,
 ) -> DrainReport:
     """Deliver up to ``max_jobs`` queued emails within ``time_budget`` seconds.
 
@@ -120,6 +121,7 @@ def drain(
         client: the Resend client; default: built from settings (needs ``RESEND_API_KEY``).
         clock: monotonic clock for the budget; wall_clock: Unix time for Redis deadlines.
             Tests pass their own.
+        on_progress: called with the report after each job (the CLI draws a progress bar).
 
     Raises:
         ConfigurationError: no Redis URL or no Resend key; nothing was taken off the queue.
@@ -148,7 +150,20 @@ def drain(
         if abandoned:
             report.recovered = _recover(conn, queue, keys, now)
         if queued or report.promoted or report.recovered:
-            _work(conn, queue, keys, client, settings, report, limit, budget, started, clock, wall_clock)
+            _work(
+                conn,
+                queue,
+                keys,
+                client,
+                settings,
+                report,
+                limit,
+                budget,
+                started,
+                clock,
+                wall_clock,
+                on_progress,
+            )
             report.remaining = int(conn.llen(keys.queue))
     report.duration_ms = int((clock() - started) * 1000)
     log.info("drain: %s", report.to_dict())
@@ -204,6 +219,7 @@ def _work(
     started: float,
     clock: Callable[[], float],
     wall_clock: Callable[[], float],
+    on_progress: Callable[[DrainReport], None] | None,
 ) -> None:
     claim = conn.register_script(_scripts.CLAIM)
     execution = uuid.uuid4().hex[:12]
