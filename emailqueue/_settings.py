@@ -6,6 +6,7 @@ build :class:`Settings` yourself and pass it in.
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
@@ -31,6 +32,8 @@ class Settings(BaseSettings):
         extra="ignore",
         case_sensitive=False,
         populate_by_name=True,
+        # An empty QUEUE_REDIS_URL= must not hide REDIS_URL or KV_URL.
+        env_ignore_empty=True,
     )
 
     queue_redis_url: str | None = Field(
@@ -143,12 +146,12 @@ def load_settings(**overrides: object) -> Settings:
         settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = []
-        for err in exc.errors():
+        for err in exc.errors(include_input=False):
             field = str(err["loc"][0]) if err["loc"] else "?"
-            variable = (
-                "QUEUE_REDIS_URL" if field in REDIS_URL_VARIABLES or field == "queue_redis_url" else field
-            )
-            problems.append(f"{variable.upper()}: {err['msg']}")
+            if field in REDIS_URL_VARIABLES or field == "queue_redis_url":
+                # Name the variable that actually supplied the bad URL.
+                field = next((v for v in REDIS_URL_VARIABLES if os.environ.get(v)), "QUEUE_REDIS_URL")
+            problems.append(f"{field.upper()}: {err['msg']}")
         raise ConfigurationError("invalid configuration: " + "; ".join(problems)) from None
     if settings.queue_redis_url is None and settings.vercel_env != "production":
         # `emailqueue dev` running in this directory: use its embedded Redis.
