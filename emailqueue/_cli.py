@@ -208,12 +208,6 @@ def _cmd_worker(args: argparse.Namespace, out: IO[str]) -> int:
     os.execv(argv[0], argv)  # the documented command, exactly: `rq worker ...`
 
 
-def _cmd_check(args: argparse.Namespace, out: IO[str]) -> int:
-    from ._check import main as check_main
-
-    return check_main(list(args.rest))
-
-
 def _cmd_dev(args: argparse.Namespace, out: IO[str]) -> int:
     from ._dev import DEFAULT_PROBE_URL, DevRunner
 
@@ -230,7 +224,6 @@ def _cmd_dev(args: argparse.Namespace, out: IO[str]) -> int:
 COMMANDS = {
     "dev": _cmd_dev,
     "worker": _cmd_worker,
-    "check": _cmd_check,
     "drain": _cmd_drain,
     "status": _cmd_status,
     "failed": _cmd_failed,
@@ -242,6 +235,11 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
     """Entry point of the ``emailqueue`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     out = out or sys.stdout
+    first = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if first is not None and argv[first] == "check":
+        from ._check import main as check_main
+
+        return check_main(argv[first + 1 :])
     args = _parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args, out)

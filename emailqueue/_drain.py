@@ -248,9 +248,10 @@ def _work(
         if not rows:
             return
         for job_id, member, data, meta in rows:
-            _process(
-                conn, queue, keys, client, settings, report, _Claimed(job_id.decode(), member, data, meta)
-            )
+            claimed = _Claimed(job_id.decode(), member, data, meta)
+            _process(conn, queue, keys, client, settings, report, claimed)
+            if on_progress is not None:
+                on_progress(report)
 
 
 def _decode(data: bytes) -> dict[str, Any]:

@@ -1,0 +1,165 @@
+"""The `emailqueue` CLI: every command, its JSON output, and its error paths (one line, exit 1)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+
+from emailqueue._cli import main
+from emailqueue.testing import FakeResend
+
+EXE = str(Path(sys.executable).with_name("emailqueue"))
+
+
+@pytest.fixture
+def env(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    real_conn: redis.Redis,
+    redis_url: str,
+    fake_resend: FakeResend,
+) -> dict[str, str]:
+    for name in ["REDIS_URL", "KV_URL", "EMAILQUEUE_DEV", "VERCEL_ENV"]:
+        monkeypatch.delenv(name, raising=False)
+    values = {
+        "QUEUE_REDIS_URL": redis_url,
+        "RESEND_API_KEY": fake_resend.api_key,
+        "RESEND_API_URL": fake_resend.url,
+        "EMAIL_FROM": "App <app@example.com>",
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path)
+    return {**os.environ, **values}
+
+
+def run(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    return main(list(argv), out=out), out.getvalue()
+
+
+def test_send_then_status_then_drain(env: dict[str, str], fake_resend: FakeResend) -> None:
+    code, out = run("send", "--to", "ada@example.com", "--subject", "Hi", "--text", "hello")
+    assert code == 0 and out.startswith("queued em_")
+    code, out = run("status", "--json")
+    status = json.loads(out)
+    assert (status["queued"], status["failed"]) == (1, 0)
+    code, out = run("status")
+    assert "1 queued" in out
+    code, out = run("drain", "--max-jobs", "5", "--json")
+    report = json.loads(out)
+    assert (report["sent"], report["stopped"]) == (1, "empty")
+    assert [e.to for e in fake_resend.accepted] == [["ada@example.com"]]
+    code, out = run("drain")
+    assert code == 0 and "processed 0" in out
+
+
+def test_failed_list_and_requeue(env: dict[str, str], fake_resend: FakeResend) -> None:
+    fake_resend.fail_next(1, 422, "validation_error", "rejected ada@example.com")
+    _, out = run("send", "--to", "ada@example.com", "--subject", "Hi", "--text", "x")
+    job_id = out.split()[-1]
+    run("drain")
+    code, out = run("failed", "list", "--json")
+    (failed,) = json.loads(out)
+    assert failed["id"] == job_id and failed["to"] == ["a***@example.com"]
+    assert failed["error"]["name"] == "validation_error"
+    assert "ada@example.com" not in out
+    code, out = run("failed", "list")
+    assert job_id in out and "validation_error" in out
+    code, out = run("failed", "requeue", job_id, "--json")
+    assert json.loads(out) == {"requeued": [job_id], "not_found": []}
+    run("drain")
+    assert fake_resend.accepted[0].idempotency_key == f"emailqueue-{job_id}"
+    code, out = run("failed", "requeue", "no-such-job")
+    assert code == 1 and "no-such-job" in out
+
+
+def test_requeue_needs_ids_or_all(env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    code, _ = run("failed", "requeue")
+    assert code == 1
+    assert "pass --all" in capsys.readouterr().err
+    code, out = run("failed", "requeue", "--all")
+    assert code == 0 and "requeued 0" in out
+
+
+def test_invalid_email_is_one_line_exit_1(env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    code, _ = run("send", "--to", "not-an-address", "--subject", "Hi", "--text", "x")
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith("emailqueue send: error: invalid email") and "to[0]" in err
+    assert "Traceback" not in err
+
+
+def test_missing_configuration_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ["QUEUE_REDIS_URL", "REDIS_URL", "KV_URL"]:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    code, _ = run("status")
+    err = capsys.readouterr().err
+    assert code == 1 and "QUEUE_REDIS_URL is not set" in err and err.count("\n") == 1
+
+
+def test_unreachable_redis_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("QUEUE_REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.chdir(tmp_path)
+    code, _ = run("status")
+    err = capsys.readouterr().err
+    assert code == 1 and "cannot reach Redis" in err
+
+
+def test_debug_shows_the_traceback(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in ["QUEUE_REDIS_URL", "REDIS_URL", "KV_URL"]:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    done = subprocess.run(
+        [EXE, "--debug", "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items()},
+    )
+    assert done.returncode == 1 and "Traceback" in done.stderr and "ConfigurationError" in done.stderr
+
+
+def test_console_script_worker_runs_the_documented_rq_command(
+    env: dict[str, str], fake_resend: FakeResend, tmp_path: Path
+) -> None:
+    assert run("send", "--to", "bob@example.com", "--subject", "Hi", "--text", "x")[0] == 0
+    done = subprocess.run(
+        [EXE, "worker", "--burst"], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-1500:]
+    assert [e.to for e in fake_resend.accepted] == [["bob@example.com"]]
+
+
+def test_console_script_check_json(env: dict[str, str], tmp_path: Path) -> None:
+    done = subprocess.run(
+        [EXE, "check", "--json"], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path
+    )
+    report = json.loads(done.stdout)
+    assert done.returncode == 0 and report["ok"] is True
+    assert env["RESEND_API_KEY"] not in done.stdout
+
+
+def test_drain_progress_bar_on_a_terminal(env: dict[str, str], fake_resend: FakeResend) -> None:
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for i in range(3):
+        run("send", "--to", f"p{i}@example.com", "--subject", "Hi", "--text", "x")
+    out = Tty()
+    assert main(["drain", "--max-jobs", "3"], out=out) == 0
+    text = out.getvalue()
+    assert "\r[" in text and "3/3" in text and "sent 3" in text
