@@ -23,6 +23,7 @@ from ._jobs import configure_worker
 from ._message import Attachment, EmailMessage, Tag
 from ._resend import ResendClient, build_http_client
 from ._settings import Settings, load_settings
+from ._status import Health, QueueStatus, RequeueReport, health, queue_status, requeue_failed
 from ._version import __version__
 
 __all__ = [
@@ -32,10 +33,13 @@ __all__ = [
     "EmailMessage",
     "EmailQueueError",
     "FieldProblem",
+    "Health",
     "InvalidEmailError",
     "PermanentSendError",
     "QueueError",
+    "QueueStatus",
     "QuotaExceededError",
+    "RequeueReport",
     "ResendClient",
     "RetryableSendError",
     "SendError",
@@ -45,7 +49,10 @@ __all__ = [
     "build_http_client",
     "configure_worker",
     "drain",
+    "health",
     "load_settings",
+    "queue_status",
+    "requeue_failed",
     "send_email",
     "send_event_email",
 ]

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import redis
 from rq import Queue
 
-from ._enqueue import normalized_recipient, prepare_job, resolve_queue, write_jobs
-from ._exceptions import FieldProblem, InvalidEmailError
+from ._enqueue import (
+    PreparedJob,
+    dedup_digest,
+    dedup_key,
+    normalized_recipient,
+    prepare_batch,
+    prepare_single,
+    resolve_queue,
+    write_jobs,
+)
+from ._exceptions import FieldProblem, InvalidEmailError, QueueError
 from ._message import EmailMessage, build_message, check_address
+from ._payload import MAX_BATCH
 from ._settings import Settings, load_settings
 
 
@@ -52,8 +63,8 @@ def send_email(
             raise InvalidEmailError([FieldProblem("idempotency_key", "must be a string of 1-200 characters")])
         dedup = ["key", idempotency_key]
     q = resolve_queue(settings, connection, queue)
-    job = prepare_job(email, queue=q, settings=settings, dedup=dedup)
-    write_jobs(q.connection, q, [job], settings.email_dedup_ttl_s)
+    job = prepare_single(email, queue=q, settings=settings, dedup=dedup)
+    write_jobs(q.connection, q, [job], settings.email_dedup_ttl_s)  # a taken key: already queued
     return job.job_id
 
 
@@ -82,7 +93,10 @@ def send_event_email(
         **fields: other :class:`EmailMessage` fields (``from_``, ``reply_to``, ``tags``, ...).
 
     Returns:
-        The job ids of the emails queued by this call (recipients deduplicated away are omitted).
+        The ids of the jobs queued by this call: one per chunk of up to 100 recipients, sent with
+        one ``POST /emails/batch`` each, or one per recipient when the email has attachments or
+        ``send_at`` (Resend's batch endpoint takes neither). Recipients already queued or sent
+        for this event are left out.
 
     Raises:
         InvalidEmailError: any recipient or field is invalid; nothing is queued for anyone.
@@ -120,14 +134,48 @@ def send_event_email(
         raise InvalidEmailError(problems)
     assert template is not None
     q = resolve_queue(settings, connection, queue)
-    jobs = [
-        prepare_job(
-            template.model_copy(update={"to": [address]}),
-            queue=q,
-            settings=settings,
-            dedup=["event", event_id, normalized],
-            event_id=event_id,
+    batchable = not template.attachments and template.send_at is None and settings.email_batch
+    pending = {
+        normalized: template.model_copy(update={"to": [address]}) for normalized, address in unique.items()
+    }
+    queued: list[str] = []
+    token = uuid.uuid4().hex
+    for _ in range(MAX_WRITE_ROUNDS):
+        jobs = _plan(pending, batchable, q, settings, event_id)
+        result = write_jobs(q.connection, q, jobs, settings.email_dedup_ttl_s, token)
+        if not result.taken:
+            return queued + result.queued
+        # Some recipients are already queued or sent for this event. Markers holding our own
+        # token were set by an earlier attempt of this very call (a retried request).
+        ours = {guard for guard, holder in result.taken.items() if holder == token}
+        queued += [job.job_id for job in jobs if job.guards and set(job.guards) <= ours]
+        taken = set(result.taken)
+        pending = {
+            n: m
+            for (n, m) in pending.items()
+            if dedup_key(dedup_digest(q.name, "event", event_id, n), q) not in taken
+        }
+    raise QueueError("send_event_email: the recipients kept changing under concurrent calls; try again")
+
+
+#: Each round drops the recipients another call already queued, so this is rarely more than 2.
+MAX_WRITE_ROUNDS = 5
+
+
+def _plan(
+    pending: dict[str, EmailMessage], batchable: bool, queue: Queue, settings: Settings, event_id: str
+) -> list[PreparedJob]:
+    """Chunk jobs of up to 100 personal emails, or one job per recipient when the message cannot
+    go through Resend's batch endpoint (attachments, send_at) or there is only one recipient."""
+    items = list(pending.items())
+    if batchable and len(items) > 1:
+        return [
+            prepare_batch(items[i : i + MAX_BATCH], queue=queue, settings=settings, event_id=event_id)
+            for i in range(0, len(items), MAX_BATCH)
+        ]
+    return [
+        prepare_single(
+            message, queue=queue, settings=settings, dedup=["event", event_id, n], event_id=event_id
         )
-        for normalized, address in unique.items()
+        for n, message in items
     ]
-    return write_jobs(q.connection, q, jobs, settings.email_dedup_ttl_s)

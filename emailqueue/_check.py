@@ -521,21 +521,14 @@ def format_json(results: Sequence[StepResult]) -> str:
 def locate_url(environ: Mapping[str, str], dotenv: Mapping[str, str]) -> tuple[str | None, str]:
     """The Redis URL the settings will use and the variable that supplied it, or None and why.
 
-    Mirrors pydantic-settings: the environment beats ``.env``, and within one source the first
-    of REDIS_URL_VARIABLES that is *present* wins, even when empty (it then hides the others).
+    Mirrors the settings: the environment beats ``.env``, and within one source the first of
+    REDIS_URL_VARIABLES that is set and non-empty wins (an empty one is ignored).
     Keys must be upper-cased (the settings are case-insensitive).
     """
     for where, values in (("", environ), (" in .env", dotenv)):
-        present = [v for v in REDIS_URL_VARIABLES if v in values]
-        if not present:
-            continue
-        first = present[0]
-        if values[first].strip():
-            return values[first].strip(), first + where
-        hidden = [v for v in present[1:] if values[v].strip()]
-        if hidden:
-            return None, f"{first}{where} is set but empty, which hides {hidden[0]}; unset {first}"
-        return None, f"{first}{where} is set but empty"
+        for name in REDIS_URL_VARIABLES:
+            if values.get(name, "").strip():
+                return values[name].strip(), name + where
     return None, _MISSING_URL
 
 

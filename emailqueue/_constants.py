@@ -14,9 +14,6 @@ DEFAULT_QUEUE_NAME: Final = "emails"
 #: Import path of the job function RQ calls. Enqueued by path, never by reference.
 JOB_FUNC_PATH: Final = "emailqueue._jobs.deliver"
 
-#: Version of the job payload (the ``payload`` kwarg of the job function).
-PAYLOAD_VERSION: Final = 1
-
 #: RQ serializer used for every job: JSON, never pickle.
 SERIALIZER_PATH: Final = "rq.serializers.JSONSerializer"
 

@@ -22,6 +22,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -37,7 +38,10 @@ from . import _scripts
 from ._connection import connect, redis_errors
 from ._constants import JOB_FUNC_PATH, META_KEY
 from ._exceptions import PermanentSendError, RetryableSendError, SendError
-from ._jobs import Sender, _client_for, apply_failure_policy, send_payload
+from ._jobs import _client_for, apply_failure_policy
+from ._payload import parse_payload
+from ._ratelimit import RateLimiter, limiter_key
+from ._send import Outcome, Sender, record_rejected, send
 from ._settings import Settings, load_settings
 
 log = logging.getLogger("emailqueue.drain")
@@ -106,21 +110,24 @@ def drain(
     client: Sender | None = None,
     clock: Callable[[], float] = time.monotonic,
     wall_clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
     on_progress: Callable[[DrainReport], None] | None = None,
 ) -> DrainReport:
-    """Deliver up to ``max_jobs`` queued emails within ``time_budget`` seconds.
+    """Deliver up to ``max_jobs`` queued jobs within ``time_budget`` seconds.
 
-    It stops taking new jobs once the elapsed time plus one send's worst case (connect plus
-    read timeout) would pass the budget, so it returns before the function is killed.
+    Up to ``DRAIN_CONCURRENCY`` sends are in flight at once, each in a send slot of the rate
+    limit shared with every other drain and VM worker (``RESEND_RATE_LIMIT``). The drain stops
+    taking jobs once a send starting now could not finish (connect plus read timeout) within the
+    budget, so it returns before the function is killed.
 
     Args:
-        max_jobs: at most this many jobs (default ``DRAIN_MAX_JOBS``).
+        max_jobs: at most this many jobs (default ``DRAIN_MAX_JOBS``); a batch chunk is one job.
         time_budget: seconds (default: ``DRAIN_TIME_BUDGET_S``, derived from maxDuration).
         connection: Redis connection; default: from ``QUEUE_REDIS_URL``.
         settings: default: read from the environment.
         client: the Resend client; default: built from settings (needs ``RESEND_API_KEY``).
-        clock: monotonic clock for the budget; wall_clock: Unix time for Redis deadlines.
-            Tests pass their own.
+        clock: monotonic clock for the budget; wall_clock: Unix time for Redis deadlines;
+            sleep: waits for send slots. Tests pass their own.
         on_progress: called with the report after each job (the CLI draws a progress bar).
 
     Raises:
@@ -128,66 +135,198 @@ def drain(
         QueueError: Redis failed; a job taken before that is recovered by a later run.
     """
     settings = settings or load_settings()
-    started = clock()
-    budget = settings.time_budget_s if time_budget is None else time_budget
-    limit = settings.drain_max_jobs if max_jobs is None else max_jobs
     if client is None:
         client = _client_for(settings)  # fails here, before any job is claimed, if the key is missing
     conn = connection if connection is not None else connect(settings.require_redis_url())
-    queue = Queue(settings.email_queue_name, connection=conn, serializer=JSONSerializer)
-    keys = _Keys.of(queue)
-    report = DrainReport()
-
-    with redis_errors("drain"):
-        now = wall_clock()
-        with conn.pipeline(transaction=False) as pipe:
-            pipe.llen(keys.queue)
-            pipe.zcount(keys.scheduled, "-inf", now)
-            pipe.zcount(keys.wip, "-inf", now)
-            queued, due, abandoned = pipe.execute()
-        if due:
-            report.promoted = _promote(conn, keys, now)
-        if abandoned:
-            report.recovered = _recover(conn, queue, keys, now)
-        if queued or report.promoted or report.recovered:
-            _work(
-                conn,
-                queue,
-                keys,
-                client,
-                settings,
-                report,
-                limit,
-                budget,
-                started,
-                clock,
-                wall_clock,
-                on_progress,
-            )
-            report.remaining = int(conn.llen(keys.queue))
-    report.duration_ms = int((clock() - started) * 1000)
-    log.info("drain: %s", report.to_dict())
-    return report
-
-
-def _promote(conn: redis.Redis, keys: _Keys, now: float) -> int:
-    script = conn.register_script(_scripts.PROMOTE)
-    moved = int(script(keys=[keys.scheduled, keys.queue, keys.lock], args=[now, keys.job_prefix, STEP_LIMIT]))
-    return max(moved, 0)
-
-
-def _recover(conn: redis.Redis, queue: Queue, keys: _Keys, now: float) -> int:
-    script = conn.register_script(_scripts.RECOVER)
-    requeued, failed = script(
-        keys=[keys.wip, keys.queue, keys.failed], args=[now, keys.job_prefix, STEP_LIMIT]
+    run = _Run(
+        conn=conn,
+        settings=settings,
+        client=client,
+        limit=settings.drain_max_jobs if max_jobs is None else max_jobs,
+        budget=settings.time_budget_s if time_budget is None else time_budget,
+        clock=clock,
+        wall_clock=wall_clock,
+        sleep=sleep,
+        on_progress=on_progress,
     )
-    for raw_id in failed:
-        job_id = raw_id.decode()
-        log.warning("job %s was abandoned by a dead worker with no attempts left: failed", job_id)
-        _note_failure(queue, job_id, "abandoned", "its worker died mid-send and no attempts were left")
-    if requeued:
-        log.warning("requeued %d job(s) abandoned by a dead worker (same idempotency keys)", len(requeued))
-    return len(requeued) + len(failed)
+    return run.go()
+
+
+class _Run:
+    """The state of one drain run."""
+
+    def __init__(
+        self,
+        *,
+        conn: redis.Redis,
+        settings: Settings,
+        client: Sender,
+        limit: int,
+        budget: float,
+        clock: Callable[[], float],
+        wall_clock: Callable[[], float],
+        sleep: Callable[[float], None],
+        on_progress: Callable[[DrainReport], None] | None,
+    ) -> None:
+        self.conn, self.settings, self.client = conn, settings, client
+        self.limit, self.budget = limit, budget
+        self.clock, self.wall_clock, self.sleep, self.on_progress = clock, wall_clock, sleep, on_progress
+        self.queue = Queue(settings.email_queue_name, connection=conn, serializer=JSONSerializer)
+        self.keys = _Keys.of(self.queue)
+        self.limiter = RateLimiter(
+            conn, limiter_key(self.queue.name), settings.resend_rate_limit, clock=wall_clock, sleep=sleep
+        )
+        self.report = DrainReport()
+        self.started = clock()
+        self.execution = uuid.uuid4().hex[:12]
+
+    def go(self) -> DrainReport:
+        keys, report = self.keys, self.report
+        with redis_errors("drain"):
+            now = self.wall_clock()
+            with self.conn.pipeline(transaction=False) as pipe:
+                pipe.llen(keys.queue)
+                pipe.zcount(keys.scheduled, "-inf", now)
+                pipe.zcount(keys.wip, "-inf", now)
+                queued, due, abandoned = pipe.execute()
+            if due:
+                report.promoted = self._promote(now)
+            if abandoned:
+                report.recovered = self._recover(now)
+            if queued or report.promoted or report.recovered:
+                with ThreadPoolExecutor(
+                    self.settings.concurrency, thread_name_prefix="emailqueue-send"
+                ) as pool:
+                    self._work(pool)
+                report.remaining = int(self.conn.llen(keys.queue))
+        report.duration_ms = int((self.clock() - self.started) * 1000)
+        log.info("drain: %s", report.to_dict())
+        return report
+
+    def _promote(self, now: float) -> int:
+        script = self.conn.register_script(_scripts.PROMOTE)
+        keys = self.keys
+        moved = int(
+            script(keys=[keys.scheduled, keys.queue, keys.lock], args=[now, keys.job_prefix, STEP_LIMIT])
+        )
+        return max(moved, 0)
+
+    def _recover(self, now: float) -> int:
+        script = self.conn.register_script(_scripts.RECOVER)
+        keys = self.keys
+        requeued, failed = script(
+            keys=[keys.wip, keys.queue, keys.failed], args=[now, keys.job_prefix, STEP_LIMIT]
+        )
+        for raw_id in failed:
+            job_id = raw_id.decode()
+            log.warning("job %s was abandoned by a dead worker with no attempts left: failed", job_id)
+            _note_failure(
+                self.queue, job_id, "abandoned", "its worker died mid-send and no attempts were left"
+            )
+        if requeued:
+            log.warning(
+                "requeued %d job(s) abandoned by a dead worker (same idempotency keys)", len(requeued)
+            )
+        return len(requeued) + len(failed)
+
+    def _work(self, pool: ThreadPoolExecutor) -> None:
+        """Rounds of: reserve send slots, claim that many jobs, send them concurrently, settle."""
+        claim = self.conn.register_script(_scripts.CLAIM)
+        report, settings, keys = self.report, self.settings, self.keys
+        while True:
+            if report.processed >= self.limit:
+                report.stopped = "max_jobs"
+                return
+            # The last send of this round must be able to finish inside the budget.
+            horizon = self.budget - (self.clock() - self.started) - settings.send_timeout_s
+            if horizon < 0:
+                report.stopped = "time_budget"
+                return
+            wanted = min(settings.concurrency, self.limit - report.processed)
+            granted, wait = self.limiter.reserve(wanted, horizon=horizon)
+            if not granted:
+                report.stopped = "time_budget"  # no send slot frees up in time
+                return
+            now = self.wall_clock()
+            stamp = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            prefix = f"{self.execution}-{report.processed}-"
+            args: list[Any] = [
+                granted,
+                now,
+                prefix,
+                "emailqueue-drain",
+                stamp,
+                keys.job_prefix,
+                ABANDON_GRACE_S,
+            ]
+            rows = [
+                _Claimed(r[0].decode(), r[1], r[2], r[3])
+                for r in claim(keys=[keys.queue, keys.wip], args=args)
+            ]
+            if not rows:
+                report.stopped = "empty"
+                return
+            interval = self.limiter.interval
+            futures = [pool.submit(self._send, row, wait + i * interval) for i, row in enumerate(rows)]
+            done: list[_Claimed] = []
+            for row, future in zip(rows, futures, strict=True):
+                error = future.exception()
+                report.processed += 1
+                if error is None:
+                    done.append(row)
+                    outcome = future.result()
+                    report.sent += outcome.sent
+                    report.failed += len(outcome.rejected)
+                else:
+                    self._fail(row, error)
+                if self.on_progress is not None:
+                    self.on_progress(report)
+            self._ack(done)
+
+    def _send(self, row: _Claimed, delay: float) -> Outcome:
+        """Runs in the pool: wait for this job's send slot, send, record rejected recipients."""
+        if delay > 0:
+            self.sleep(delay)
+        payload = parse_payload(_decode(row.data)["payload"])
+        try:
+            outcome = send(payload, self.client)
+        except SendError as exc:
+            if exc.status_code == 429 and exc.name == "rate_limit_exceeded":
+                self.limiter.pause(exc.retry_after or 1.0)  # every sender waits, not just this one
+            raise
+        if outcome.rejected:
+            record_rejected(self.conn, self.queue.name, payload, outcome.rejected, self.settings)
+        return outcome
+
+    def _ack(self, rows: list[_Claimed]) -> None:
+        """Done: drop the started entries and delete the jobs (``result_ttl=0``), in one round trip."""
+        if not rows:
+            return
+        with self.conn.pipeline(transaction=False) as pipe:
+            pipe.zrem(self.keys.wip, *[row.member for row in rows])
+            pipe.delete(*[self.keys.job_prefix + row.job_id for row in rows])
+            pipe.execute()
+
+    def _fail(self, row: _Claimed, exc: BaseException) -> None:
+        """Retry or fail a job through RQ's own Job API, exactly as a VM worker would."""
+        if isinstance(exc, SendError):
+            error: SendError = exc
+        else:
+            log.error("unexpected error sending job %s: %r", row.job_id, exc)
+            error = RetryableSendError(repr(exc)[:300], name="internal_error")
+        job = Job.fetch(row.job_id, connection=self.conn, serializer=JSONSerializer)
+        apply_failure_policy(job, error, self.settings)
+        with self.conn.pipeline() as pipe:
+            pipe.zrem(self.keys.wip, row.member)
+            if job.should_retry:
+                job.retry(self.queue, pipe)
+                self.report.retrying += 1
+            else:
+                job.set_status(JobStatus.FAILED, pipeline=pipe)
+                registry = FailedJobRegistry(queue=self.queue)
+                registry.add(job, ttl=job.failure_ttl, exc_string=str(error), pipeline=pipe)
+                self.report.failed += 1
+            pipe.execute()
 
 
 def _note_failure(queue: Queue, job_id: str, name: str, message: str) -> None:
@@ -207,55 +346,8 @@ def _note_failure(queue: Queue, job_id: str, name: str, message: str) -> None:
     job.save_meta()  # type: ignore[no-untyped-call]
 
 
-def _work(
-    conn: redis.Redis,
-    queue: Queue,
-    keys: _Keys,
-    client: Sender,
-    settings: Settings,
-    report: DrainReport,
-    limit: int,
-    budget: float,
-    started: float,
-    clock: Callable[[], float],
-    wall_clock: Callable[[], float],
-    on_progress: Callable[[DrainReport], None] | None,
-) -> None:
-    claim = conn.register_script(_scripts.CLAIM)
-    execution = uuid.uuid4().hex[:12]
-    report.stopped = "empty"
-    while True:
-        if report.processed >= limit:
-            report.stopped = "max_jobs"
-            return
-        if clock() - started + settings.send_timeout_s > budget:
-            report.stopped = "time_budget"
-            return
-        now = wall_clock()
-        stamp = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        rows = claim(
-            keys=[keys.queue, keys.wip],
-            args=[
-                1,
-                now,
-                f"{execution}-{report.processed}-",
-                "emailqueue-drain",
-                stamp,
-                keys.job_prefix,
-                ABANDON_GRACE_S,
-            ],
-        )
-        if not rows:
-            return
-        for job_id, member, data, meta in rows:
-            claimed = _Claimed(job_id.decode(), member, data, meta)
-            _process(conn, queue, keys, client, settings, report, claimed)
-            if on_progress is not None:
-                on_progress(report)
-
-
 def _decode(data: bytes) -> dict[str, Any]:
-    """The payload of a job hash's ``data`` field, or a permanent error saying why not.
+    """The kwargs of a job hash's ``data`` field, or a permanent error saying why not.
 
     Only our JSON-serialized ``deliver`` jobs run here: a pickle payload, or any other function
     on this queue, is refused and failed, never executed.
@@ -269,55 +361,3 @@ def _decode(data: bytes) -> dict[str, Any]:
     if func != JOB_FUNC_PATH or args or not isinstance(kwargs, dict) or "payload" not in kwargs:
         raise PermanentSendError(f"not an emailqueue job ({str(func)[:80]})", name="bad_payload")
     return dict(kwargs)
-
-
-def _process(
-    conn: redis.Redis,
-    queue: Queue,
-    keys: _Keys,
-    client: Sender,
-    settings: Settings,
-    report: DrainReport,
-    claimed: _Claimed,
-) -> None:
-    report.processed += 1
-    try:
-        kwargs = _decode(claimed.data)
-        send_payload(kwargs["payload"], client, settings)
-    except Exception as exc:
-        error = (
-            exc if isinstance(exc, SendError) else RetryableSendError(repr(exc)[:300], name="internal_error")
-        )
-        if not isinstance(exc, SendError):
-            log.exception("unexpected error sending job %s", claimed.job_id)
-        _fail(conn, queue, keys, settings, report, claimed, error)
-        return
-    with conn.pipeline(transaction=False) as pipe:
-        pipe.zrem(keys.wip, claimed.member)
-        pipe.delete(keys.job_prefix + claimed.job_id)
-        pipe.execute()
-    report.sent += 1
-
-
-def _fail(
-    conn: redis.Redis,
-    queue: Queue,
-    keys: _Keys,
-    settings: Settings,
-    report: DrainReport,
-    claimed: _Claimed,
-    error: SendError,
-) -> None:
-    """Retry or fail a job through RQ's own Job API, exactly as a VM worker would."""
-    job = Job.fetch(claimed.job_id, connection=conn, serializer=JSONSerializer)
-    apply_failure_policy(job, error, settings)
-    with conn.pipeline() as pipe:
-        pipe.zrem(keys.wip, claimed.member)
-        if job.should_retry:
-            job.retry(queue, pipe)
-            report.retrying += 1
-        else:
-            job.set_status(JobStatus.FAILED, pipeline=pipe)
-            FailedJobRegistry(queue=queue).add(job, ttl=job.failure_ttl, exc_string=str(error), pipeline=pipe)
-            report.failed += 1
-        pipe.execute()

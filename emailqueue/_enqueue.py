@@ -5,10 +5,11 @@ on ``rq:queue:<name>``), so ``rq info`` and a plain ``rq worker`` understand the
 from one script instead of ``Queue.enqueue`` buys three things:
 
 - a fan-out is all or nothing, in one round trip;
-- the per-(event, recipient) dedup marker is set in the same atomic step as the job, so a
-  crash can never leave a marker without its email (a lost email) or a job without its marker;
-- a retried call (redis-py retries on a dropped connection) never pushes a job twice: ``HSET``
-  reports whether the hash is new, and only a new job is pushed.
+- the per-(event, recipient) dedup markers are checked and set in the same atomic step as the
+  jobs, so a crash can never leave a marker without its email (a lost email) or a job without
+  its marker;
+- a retried call (redis-py retries on a dropped connection) never queues anything twice: job ids
+  guarded by markers are derived from their content, and ``HSET`` reports whether a hash is new.
 """
 
 from __future__ import annotations
@@ -31,47 +32,74 @@ from ._message import EmailMessage, mask_email, split_address
 from ._payload import Payload, idempotency_key_for
 from ._settings import Settings
 
-# KEYS: queue key, rq:queues, then per job: job key, dedup key ('' for none)
-# ARGV: dedup ttl, then per job: job id, field count, field, value, ...
-# Returns the ids of the jobs that were new (already-queued or deduplicated ones are skipped).
+BATCH_JOB_PREFIX = "eb_"
+
+# ARGV: dedup ttl, call token, then per job: job key, job id, guard count, guards..., field count,
+# field, value... KEYS: queue, rq:queues.
+# If any guard (dedup marker) exists, nothing is written and {0, {guard, its token, ...}} is
+# returned; otherwise every guard is set to the token, every new job written and pushed:
+# {1, {new job ids}}.
 _ENQUEUE_LUA = """
-local ttl = tonumber(ARGV[1])
+local ttl, token = tonumber(ARGV[1]), ARGV[2]
+local jobs, guards = {}, {}
+local a = 3
+while a <= #ARGV do
+  local job = {key = ARGV[a], id = ARGV[a + 1], g1 = a + 3, gn = a + 2 + tonumber(ARGV[a + 2])}
+  for i = job.g1, job.gn do guards[#guards + 1] = ARGV[i] end
+  job.f1 = job.gn + 2
+  job.fn = job.gn + 1 + tonumber(ARGV[job.gn + 1]) * 2
+  a = job.fn + 1
+  jobs[#jobs + 1] = job
+end
+local found = 0
+for i = 1, #guards, 1000 do
+  found = found + redis.call('EXISTS', unpack(guards, i, math.min(i + 999, #guards)))
+end
+if found > 0 then
+  local taken = {}
+  for _, g in ipairs(guards) do
+    local holder = redis.call('GET', g)
+    if holder then taken[#taken + 1] = g; taken[#taken + 1] = holder end
+  end
+  return {0, taken}
+end
 local queued = {}
-local a = 2
-for k = 3, #KEYS, 2 do
-  local job_id, nfields = ARGV[a], tonumber(ARGV[a + 1])
-  local fields = {unpack(ARGV, a + 2, a + 1 + nfields * 2)}
-  a = a + 2 + nfields * 2
-  local fresh = true
-  if KEYS[k + 1] ~= '' then
-    fresh = redis.call('SET', KEYS[k + 1], job_id, 'NX', 'EX', ttl)
-  end
-  if fresh and redis.call('HSET', KEYS[k], unpack(fields)) > 0 then
-    queued[#queued + 1] = job_id
-  end
+for _, job in ipairs(jobs) do
+  for i = job.g1, job.gn do redis.call('SET', ARGV[i], token, 'EX', ttl) end
+  if redis.call('HSET', job.key, unpack(ARGV, job.f1, job.fn)) > 0 then queued[#queued + 1] = job.id end
 end
-if #queued > 0 then
-  for i = 1, #queued, 1000 do
-    redis.call('RPUSH', KEYS[1], unpack(queued, i, math.min(i + 999, #queued)))
-  end
-  redis.call('SADD', KEYS[2], KEYS[1])
+for i = 1, #queued, 1000 do
+  redis.call('RPUSH', KEYS[1], unpack(queued, i, math.min(i + 999, #queued)))
 end
-return queued
+if #queued > 0 then redis.call('SADD', KEYS[2], KEYS[1]) end
+return {1, queued}
 """
 
 
 @dataclass(frozen=True)
 class PreparedJob:
-    """A job ready to write: its RQ hash, and the dedup key that guards it (if any)."""
+    """A job ready to write: its RQ hash, and the dedup markers that guard it (if any)."""
 
     job_id: str
     mapping: dict[str, Any]
-    dedup_key: str | None
+    guards: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """``queued``: ids written now. ``taken``: guard key -> the token of the call holding it."""
+
+    queued: list[str]
+    taken: dict[str, str]
 
 
 def dedup_digest(*parts: str) -> str:
-    """A stable digest of the dedup identity (event id and normalized recipient)."""
+    """A stable digest of a dedup identity (queue, event id, normalized recipient)."""
     return hashlib.sha256("\x00".join(parts).encode("utf-8")).hexdigest()[:40]
+
+
+def dedup_key(digest: str, queue: Queue) -> str:
+    return DEDUP_KEY_TEMPLATE.format(queue=queue.name, digest=digest)
 
 
 def normalized_recipient(address: str) -> str:
@@ -79,30 +107,12 @@ def normalized_recipient(address: str) -> str:
     return split_address(address)[1].lower()
 
 
-def prepare_job(
-    message: EmailMessage,
-    *,
-    queue: Queue,
-    settings: Settings,
-    dedup: Sequence[str] | None = None,
-    event_id: str | None = None,
-) -> PreparedJob:
-    """Build the RQ job for ``message``. ``dedup`` (identity parts) makes the job id derived and
-    guarded by a marker; without it the id is random."""
-    if dedup is not None:
-        digest = dedup_digest(queue.name, *dedup)
-        job_id = DERIVED_JOB_PREFIX + digest
-        dedup_key: str | None = DEDUP_KEY_TEMPLATE.format(queue=queue.name, digest=digest)
-    else:
-        job_id, dedup_key = RANDOM_JOB_PREFIX + uuid.uuid4().hex, None
-    payload = Payload(
-        email=message.to_resend(default_from=settings.email_from),
-        idempotency_key=idempotency_key_for(job_id),
-        event_id=event_id,
-    )
+def _job(payload: Payload, job_id: str, *, queue: Queue, settings: Settings) -> dict[str, Any]:
     retry = None
     if settings.email_max_attempts > 1:
         retry = Retry(max=settings.email_max_attempts - 1, interval=int(settings.email_backoff_base_s))
+    recipients = payload.recipients
+    more = f" and {len(recipients) - 1} more" if len(recipients) > 1 else ""
     job = Job.create(
         JOB_FUNC_PATH,
         kwargs={"payload": payload.to_json()},
@@ -111,8 +121,8 @@ def prepare_job(
         origin=queue.name,
         status=JobStatus.QUEUED,
         # The default description is the call string: it would put addresses and bodies into
-        # RQ's logs and `rq info`. Ours names the job and a masked recipient only.
-        description=f"email to {', '.join(mask_email(t) for t in message.to[:3])}",
+        # RQ's logs and `rq info`. Ours names a masked recipient only.
+        description=f"email to {mask_email(recipients[0])}{more}",
         result_ttl=0,
         failure_ttl=settings.email_failure_ttl_s,
         timeout=settings.email_job_timeout_s,
@@ -120,26 +130,71 @@ def prepare_job(
         serializer=JSONSerializer,
     )
     job.enqueued_at = now()
-    return PreparedJob(job_id, job.to_dict(), dedup_key)
+    return job.to_dict()
+
+
+def prepare_single(
+    message: EmailMessage,
+    *,
+    queue: Queue,
+    settings: Settings,
+    dedup: Sequence[str] | None = None,
+    event_id: str | None = None,
+) -> PreparedJob:
+    """One email job. ``dedup`` (identity parts) derives its id and guards it with a marker;
+    without it the id is random."""
+    guards: tuple[str, ...] = ()
+    if dedup is not None:
+        digest = dedup_digest(queue.name, *dedup)
+        job_id, guards = DERIVED_JOB_PREFIX + digest, (dedup_key(digest, queue),)
+    else:
+        job_id = RANDOM_JOB_PREFIX + uuid.uuid4().hex
+    email = message.to_resend(default_from=settings.email_from)
+    payload = Payload.single(email, idempotency_key_for(job_id), event_id)
+    return PreparedJob(job_id, _job(payload, job_id, queue=queue, settings=settings), guards)
+
+
+def prepare_batch(
+    messages: Sequence[tuple[str, EmailMessage]], *, queue: Queue, settings: Settings, event_id: str
+) -> PreparedJob:
+    """One chunk job of up to 100 personal emails (``(normalized recipient, message)`` pairs),
+    guarded by each recipient's (event, recipient) marker. Its id derives from its recipients,
+    so writing the same chunk twice is writing the same job."""
+    digests = [dedup_digest(queue.name, "event", event_id, normalized) for normalized, _ in messages]
+    job_id = BATCH_JOB_PREFIX + dedup_digest(*sorted(digests))
+    payload = Payload(
+        emails=[m.to_resend(default_from=settings.email_from) for _, m in messages],
+        idempotency_key=idempotency_key_for(job_id),
+        event_id=event_id,
+        ids=[DERIVED_JOB_PREFIX + d for d in digests],
+        batch=True,
+    )
+    mapping = _job(payload, job_id, queue=queue, settings=settings)
+    return PreparedJob(job_id, mapping, tuple(dedup_key(d, queue) for d in digests))
 
 
 def write_jobs(
-    connection: redis.Redis, queue: Queue, jobs: Sequence[PreparedJob], dedup_ttl: int
-) -> list[str]:
-    """Write ``jobs`` atomically in one round trip; return the ids actually queued."""
+    connection: redis.Redis, queue: Queue, jobs: Sequence[PreparedJob], dedup_ttl: int, token: str = ""
+) -> WriteResult:
+    """Write ``jobs`` atomically in one round trip, unless one of their markers is taken.
+
+    ``token`` identifies the calling ``send_*`` call: markers it finds set to its own token were
+    set by an earlier attempt of the same call (a request redis-py retried after losing the reply).
+    """
     if not jobs:
-        return []
-    keys: list[str] = [queue.key, queue.redis_queues_keys]
-    args: list[Any] = [dedup_ttl]
+        return WriteResult([], {})
+    args: list[Any] = [dedup_ttl, token or uuid.uuid4().hex]
     for job in jobs:
-        keys += [Job.key_for(job.job_id), job.dedup_key or ""]
-        args += [job.job_id, len(job.mapping)]
+        args += [Job.key_for(job.job_id), job.job_id, len(job.guards), *job.guards, len(job.mapping)]
         for field, value in job.mapping.items():
             args += [field, value]
     script = connection.register_script(_ENQUEUE_LUA)
     with redis_errors("enqueue"):
-        queued = script(keys=keys, args=args)
-    return [v.decode() if isinstance(v, bytes) else str(v) for v in queued]
+        ok, items = script(keys=[queue.key, queue.redis_queues_keys], args=args)
+    values = [v.decode() if isinstance(v, bytes) else str(v) for v in items]
+    if ok:
+        return WriteResult(values, {})
+    return WriteResult([], dict(zip(values[::2], values[1::2], strict=True)))
 
 
 def resolve_queue(

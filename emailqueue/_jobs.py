@@ -22,7 +22,7 @@ import logging
 import random
 import threading
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from rq import get_current_job
 from rq.job import Job
@@ -30,22 +30,17 @@ from rq.job import Job
 from ._backoff import compute_backoff
 from ._constants import META_KEY
 from ._exceptions import ConfigurationError, PermanentSendError, QuotaExceededError, SendError
-from ._message import mask_email
 from ._outbox import OutboxClient
 from ._payload import parse_payload
+from ._ratelimit import RateLimiter, limiter_key
 from ._resend import ResendClient, build_http_client
+from ._send import LOCAL_RATE_LIMIT, Outcome, Sender, record_rejected, send
 from ._settings import Settings, load_settings
 
 log = logging.getLogger("emailqueue")
 
 _runtime_lock = threading.Lock()
 _runtime: tuple[Settings, Sender] | None = None
-
-
-class Sender(Protocol):
-    """What sends an email: :class:`ResendClient`, or the dev-mode :class:`OutboxClient`."""
-
-    def send(self, email: dict[str, Any], *, idempotency_key: str) -> str: ...
 
 
 def configure_worker(settings: Settings | None = None, client: Sender | None = None) -> None:
@@ -91,7 +86,8 @@ def _default_runtime() -> tuple[Settings, Sender]:
 
 
 def deliver(payload: dict[str, Any]) -> str:
-    """RQ job function: send one email through Resend. Returns Resend's email id.
+    """RQ job function: send one email (or one batch chunk) through Resend, under the shared
+    rate limit. Returns a one-line summary.
 
     Raises:
         SendError: the send failed; the job has been told whether and when to retry.
@@ -104,7 +100,11 @@ def deliver(payload: dict[str, Any]) -> str:
         if job is not None:
             _keep_for_later(job, exc)
         raise
-    return send_payload(payload, client, settings, job=job)
+    limiter = None
+    if job is not None:
+        limiter = RateLimiter(job.connection, limiter_key(job.origin), settings.resend_rate_limit)
+    outcome = send_payload(payload, client, settings, job=job, limiter=limiter)
+    return f"sent {outcome.sent}, rejected {len(outcome.rejected)}"
 
 
 #: How long a job waits when the worker is misconfigured (no key): it is kept, not failed.
@@ -131,18 +131,23 @@ def send_payload(
     *,
     job: Job | None = None,
     rng: random.Random | None = None,
-) -> str:
-    """Parse ``raw``, send it, and on failure apply the retry policy to ``job``."""
+    limiter: RateLimiter | None = None,
+) -> Outcome:
+    """Parse ``raw``, send it, record rejected batch recipients, and on failure apply the retry
+    policy to ``job``."""
     try:
         payload = parse_payload(raw)
-        email_id = client.send(payload.email, idempotency_key=payload.idempotency_key)
+        wait = (
+            max(0.0, (job.timeout or settings.email_job_timeout_s) - settings.send_timeout_s) if job else 0.0
+        )
+        outcome = send(payload, client, limiter=limiter, wait=wait)
     except SendError as exc:
         if job is not None:
             apply_failure_policy(job, exc, settings, rng=rng)
         raise
-    to = ", ".join(mask_email(r) for r in payload.recipients)
-    log.info("sent %s to %s (resend id %s)", job.id if job else "email", to, email_id)
-    return email_id
+    if outcome.rejected and job is not None:
+        record_rejected(job.connection, job.origin, payload, outcome.rejected, settings)
+    return outcome
 
 
 def attempts_so_far(job: Job) -> int:
@@ -160,6 +165,10 @@ def apply_failure_policy(
     delay: int | None = None
     if isinstance(exc, PermanentSendError):
         job.retries_left = 0
+    elif exc.name == LOCAL_RATE_LIMIT:
+        # Other senders hold every slot: not a failed send, so no attempt is spent.
+        job.retries_left = retries_left + 1
+        delay = compute_backoff(1, base=2.0, cap=2.0, retry_after=exc.retry_after, rng=rng)
     elif isinstance(exc, QuotaExceededError):
         # Not the email's fault: give the attempt back and wait for the quota.
         job.retries_left = retries_left + 1

@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ._resend import BatchResult
+
 DEFAULT_OUTBOX = Path(".emailqueue") / "outbox"
 
 _SAFE = re.compile(r"[^A-Za-z0-9_-]")
@@ -55,6 +57,13 @@ class OutboxClient:
             _write_atomic(base.with_suffix(".html"), render_html(email))
             _write_atomic(base.with_suffix(".json"), json.dumps(record, indent=2, ensure_ascii=False))
         return email_id
+
+    def send_batch(self, emails: list[dict[str, Any]], *, idempotency_key: str) -> BatchResult:
+        """Write each email of a batch, as Resend's batch endpoint would send each."""
+        ids = {
+            i: self.send(email, idempotency_key=f"{idempotency_key}-{i}") for i, email in enumerate(emails)
+        }
+        return BatchResult(ids=ids, errors={})
 
 
 def _write_atomic(path: Path, text: str) -> None:

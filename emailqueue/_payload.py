@@ -3,47 +3,91 @@
 A job is ``emailqueue._jobs.deliver(payload=...)`` serialized as JSON by RQ. The payload is
 versioned so that a worker can refuse, clearly, what it does not understand.
 
-Version 1::
+Version 1, one email::
 
     {"v": 1, "kind": "email", "email": {<Resend POST /emails body>},
      "idempotency_key": "emailqueue-<job id>", "event_id": "<str or null>"}
+
+Version 2, a chunk of up to 100 personal emails sent with one ``POST /emails/batch``::
+
+    {"v": 2, "kind": "batch", "emails": [{...}, ...], "ids": ["ev_...", ...],
+     "idempotency_key": "emailqueue-<job id>", "event_id": "<str>"}
+
+``ids`` are the per-recipient job ids: a recipient Resend rejects becomes a failed job of its own
+under that id. Single emails stay version 1, so older workers keep delivering them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from ._constants import IDEMPOTENCY_KEY_PREFIX, PAYLOAD_VERSION
+from ._constants import IDEMPOTENCY_KEY_PREFIX
 from ._exceptions import PermanentSendError
+
+EMAIL_VERSION = 1
+BATCH_VERSION = 2
+MAX_BATCH = 100  # Resend: POST /emails/batch takes at most 100 emails
 
 
 @dataclass(frozen=True)
 class Payload:
-    """A parsed, version-checked job payload."""
+    """A parsed, version-checked job payload: one email, or a batch of personal emails."""
 
-    email: dict[str, Any]
+    emails: list[dict[str, Any]]
     idempotency_key: str
     event_id: str | None = None
+    ids: list[str] = field(default_factory=list)
+    batch: bool = False
+
+    @classmethod
+    def single(cls, email: dict[str, Any], idempotency_key: str, event_id: str | None = None) -> Payload:
+        return cls([email], idempotency_key, event_id)
+
+    @property
+    def email(self) -> dict[str, Any]:
+        return self.emails[0]
 
     def to_json(self) -> dict[str, Any]:
+        if not self.batch:
+            return {
+                "v": EMAIL_VERSION,
+                "kind": "email",
+                "email": self.email,
+                "idempotency_key": self.idempotency_key,
+                "event_id": self.event_id,
+            }
         return {
-            "v": PAYLOAD_VERSION,
-            "kind": "email",
-            "email": self.email,
+            "v": BATCH_VERSION,
+            "kind": "batch",
+            "emails": self.emails,
+            "ids": self.ids,
             "idempotency_key": self.idempotency_key,
             "event_id": self.event_id,
         }
 
     @property
     def recipients(self) -> list[str]:
-        to = self.email.get("to", [])
-        return [to] if isinstance(to, str) else list(to)
+        out: list[str] = []
+        for email in self.emails:
+            to = email.get("to", [])
+            out += [to] if isinstance(to, str) else list(to)
+        return out
 
 
 def idempotency_key_for(job_id: str) -> str:
     """The Idempotency-Key of a job: fixed at enqueue, the same on every retry and after a crash."""
     return IDEMPOTENCY_KEY_PREFIX + job_id
+
+
+def _bad(reason: str) -> PermanentSendError:
+    return PermanentSendError(f"malformed job payload: {reason}", name="bad_payload")
+
+
+def _check_email(email: Any, where: str) -> dict[str, Any]:
+    if not isinstance(email, dict) or not email.get("to") or not email.get("subject"):
+        raise _bad(f"{where} must be an object with 'to' and 'subject'")
+    return email
 
 
 def parse_payload(raw: Any) -> Payload:
@@ -53,18 +97,20 @@ def parse_payload(raw: Any) -> Payload:
         PermanentSendError: (name ``bad_payload``) the payload is malformed or of an unknown
             version; retrying cannot fix it, so the job fails alone with this reason.
     """
-
-    def bad(reason: str) -> PermanentSendError:
-        return PermanentSendError(f"malformed job payload: {reason}", name="bad_payload")
-
     if not isinstance(raw, dict):
-        raise bad(f"expected a JSON object, got {type(raw).__name__}")
-    if raw.get("v") != PAYLOAD_VERSION:
-        raise bad(f"unknown payload version {raw.get('v')!r}; this worker understands {PAYLOAD_VERSION}")
-    email, key = raw.get("email"), raw.get("idempotency_key")
-    if not isinstance(email, dict) or not email.get("to") or not email.get("subject"):
-        raise bad("'email' must be an object with 'to' and 'subject'")
+        raise _bad(f"expected a JSON object, got {type(raw).__name__}")
+    version, key = raw.get("v"), raw.get("idempotency_key")
+    if version not in (EMAIL_VERSION, BATCH_VERSION):
+        raise _bad(f"unknown payload version {version!r}; this worker understands 1 and 2")
     if not isinstance(key, str) or not 1 <= len(key) <= 256:
-        raise bad("'idempotency_key' must be a string of 1-256 characters")
-    event_id = raw.get("event_id")
-    return Payload(email=email, idempotency_key=key, event_id=event_id if isinstance(event_id, str) else None)
+        raise _bad("'idempotency_key' must be a string of 1-256 characters")
+    event_id = raw.get("event_id") if isinstance(raw.get("event_id"), str) else None
+    if version == EMAIL_VERSION:
+        return Payload.single(_check_email(raw.get("email"), "'email'"), key, event_id)
+    emails, ids = raw.get("emails"), raw.get("ids")
+    if not isinstance(emails, list) or not 1 <= len(emails) <= MAX_BATCH:
+        raise _bad(f"'emails' must be a list of 1-{MAX_BATCH} emails")
+    if not isinstance(ids, list) or len(ids) != len(emails) or not all(isinstance(i, str) for i in ids):
+        raise _bad("'ids' must list one job id per email")
+    checked = [_check_email(e, f"emails[{i}]") for i, e in enumerate(emails)]
+    return Payload(checked, key, event_id, list(ids), batch=True)

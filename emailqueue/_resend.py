@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import email.utils
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -83,6 +84,14 @@ def error_from_exception(exc: httpx.HTTPError) -> SendError:
     return RetryableSendError(f"HTTP error talking to Resend ({type(exc).__name__})", name="http_error")
 
 
+@dataclass(frozen=True)
+class BatchResult:
+    """What Resend did with a batch: email id by index, and the reason for each rejected index."""
+
+    ids: dict[int, str]
+    errors: dict[int, str]
+
+
 class ResendClient:
     """Sends emails to Resend's REST API.
 
@@ -110,6 +119,29 @@ class ResendClient:
         if not isinstance(reply, dict) or not isinstance(reply.get("id"), str):
             raise RetryableSendError("Resend replied 200 without an email id", name="bad_reply")
         return str(reply["id"])
+
+    def send_batch(self, emails: list[dict[str, Any]], *, idempotency_key: str) -> BatchResult:
+        """``POST /emails/batch`` in permissive mode: the valid emails are sent even if some
+        are rejected. One Idempotency-Key covers the whole batch.
+
+        Returns:
+            The Resend id of each accepted email by its index, and each rejected index's reason.
+
+        Raises:
+            The same errors as :meth:`send`, for the batch as a whole.
+        """
+        reply = self._post("/emails/batch", emails, idempotency_key, {"x-batch-validation": "permissive"})
+        data = reply.get("data") if isinstance(reply, dict) else None
+        if not isinstance(data, list):
+            raise RetryableSendError("Resend replied 200 to a batch without 'data'", name="bad_reply")
+        errors = {
+            int(e["index"]): redact_text(str(e.get("message", "rejected")))
+            for e in reply.get("errors") or []
+            if isinstance(e, dict) and isinstance(e.get("index"), int)
+        }
+        accepted = [i for i in range(len(emails)) if i not in errors]
+        ids = {i: str(d.get("id", "")) for i, d in zip(accepted, data, strict=False) if isinstance(d, dict)}
+        return BatchResult(ids=ids, errors=errors)
 
     def _post(self, path: str, body: Any, idempotency_key: str, extra: dict[str, str] | None = None) -> Any:
         headers = {**self._headers, "Idempotency-Key": idempotency_key, **(extra or {})}

@@ -6,6 +6,7 @@ build :class:`Settings` yourself and pass it in.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Annotated
 
@@ -61,10 +62,23 @@ class Settings(BaseSettings):
     resend_connect_timeout_s: Seconds = Field(default=5.0)
     resend_timeout_s: Seconds = Field(default=15.0, description="Read timeout of one Resend request.")
 
+    email_batch: bool = Field(
+        default=True, description="send_event_email sends chunks of 100 through POST /emails/batch."
+    )
+    resend_rate_limit: float = Field(
+        default=2.0, ge=0, description="Sends per second across all workers (Resend's team limit); 0: off."
+    )
+
     # --- serverless drain and the HTTP API ---
     cron_secret: SecretStr | None = Field(default=None, description="Bearer token Vercel Cron sends.")
     queue_admin_token: SecretStr | None = Field(default=None, description="Bearer token of /api/admin/*.")
     drain_max_jobs: int = Field(default=100, ge=1, le=10_000, description="Most jobs one drain run takes.")
+    drain_concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="Sends in flight in one drain; default: sized to the rate limit.",
+    )
     drain_max_duration_s: Seconds = Field(
         default=60.0, description="The function's maxDuration (vercel.json); the time budget fits under it."
     )
@@ -102,6 +116,14 @@ class Settings(BaseSettings):
     def send_timeout_s(self) -> float:
         """The longest one Resend request can take: connect plus read timeout."""
         return self.resend_connect_timeout_s + self.resend_timeout_s
+
+    @property
+    def concurrency(self) -> int:
+        """Sends in flight at once in a drain: ``DRAIN_CONCURRENCY``, or enough to keep the rate
+        limit busy through Resend's latency (2 at 2/s), or 8 when there is no limit."""
+        if self.drain_concurrency is not None:
+            return self.drain_concurrency
+        return max(2, math.ceil(self.resend_rate_limit)) if self.resend_rate_limit else 8
 
     @property
     def time_budget_s(self) -> float:

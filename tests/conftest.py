@@ -73,6 +73,7 @@ def settings(fake_resend: FakeResend) -> Settings:
         email_backoff_cap_s=3600,
         resend_timeout_s=2,
         resend_connect_timeout_s=1,
+        resend_rate_limit=0,  # unlimited: the rate-limit tests turn it on themselves
     )
 
 

@@ -32,6 +32,7 @@ def env(
         "QUEUE_REDIS_URL": redis_url,
         "RESEND_API_KEY": fake_resend.api_key,
         "RESEND_API_URL": fake_resend.url,
+        "RESEND_RATE_LIMIT": "0",
         "EMAIL_FROM": "App <app@example.com>",
     }
     for name, value in values.items():

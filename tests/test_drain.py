@@ -23,7 +23,7 @@ from rq.registry import StartedJobRegistry
 from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 
-from emailqueue import ConfigurationError, Settings, drain, send_email, send_event_email
+from emailqueue import ConfigurationError, Settings, drain, send_email
 from emailqueue._constants import META_KEY
 from emailqueue.testing import FakeResend
 from tests.helpers.redis_stats import CommandCounter, counting_redis
@@ -38,6 +38,14 @@ def later_clock() -> float:
 
 def people(n: int, prefix: str = "u") -> list[str]:
     return [f"{prefix}{i}@example.com" for i in range(n)]
+
+
+def singles(conn: redis.Redis, settings: Settings, n: int, prefix: str = "u") -> list[str]:
+    """n separate emails, one job each (a fan-out would make them one batch job)."""
+    return [
+        send_email(to=a, subject="Hi", text="x", connection=conn, settings=settings)
+        for a in people(n, prefix)
+    ]
 
 
 def test_idle_run_costs_at_most_3_commands_in_1_round_trip(
@@ -62,7 +70,7 @@ def test_idle_run_costs_at_most_3_commands_in_1_round_trip(
 def test_drain_delivers_and_leaves_no_job_keys(
     conn: redis.Redis, settings: Settings, fake_resend: FakeResend
 ) -> None:
-    ids = send_event_email("e1", people(5), "Hi", text="x", connection=conn, settings=settings)
+    ids = singles(conn, settings, 5)
     report = drain(connection=conn, settings=settings)
     assert (report.processed, report.sent, report.remaining, report.stopped) == (5, 5, 0, "empty")
     assert sorted(e.idempotency_key or "" for e in fake_resend.accepted) == sorted(
@@ -75,7 +83,7 @@ def test_drain_delivers_and_leaves_no_job_keys(
 def test_max_jobs_bounds_a_run_and_the_next_run_takes_the_rest(
     conn: redis.Redis, settings: Settings, fake_resend: FakeResend
 ) -> None:
-    send_event_email("e1", people(5), "Hi", text="x", connection=conn, settings=settings)
+    singles(conn, settings, 5)
     first = drain(connection=conn, settings=settings, max_jobs=3)
     assert (first.processed, first.stopped, first.remaining) == (3, "max_jobs", 2)
     second = drain(connection=conn, settings=settings, max_jobs=3)
@@ -86,10 +94,11 @@ def test_max_jobs_bounds_a_run_and_the_next_run_takes_the_rest(
 def test_time_budget_stops_taking_jobs_before_a_send_could_overrun(
     conn: redis.Redis, settings: Settings, fake_resend: FakeResend
 ) -> None:
-    send_event_email("e1", people(5), "Hi", text="x", connection=conn, settings=settings)
+    singles(conn, settings, 5)
     ticks = itertools.count()
     # Each clock read advances 1 s; one send's worst case is connect + read timeout (1 + 2 s).
-    report = drain(connection=conn, settings=settings, time_budget=6.0, clock=lambda: float(next(ticks)))
+    one_at_a_time = settings.model_copy(update={"drain_concurrency": 1})
+    report = drain(connection=conn, settings=one_at_a_time, time_budget=6.0, clock=lambda: float(next(ticks)))
     assert report.stopped == "time_budget"
     assert 0 < report.processed < 5
     assert report.remaining == 5 - report.processed
@@ -202,6 +211,7 @@ def _drain_process(redis_url: str, fake: FakeResend) -> subprocess.Popen[str]:
         "QUEUE_REDIS_URL": redis_url,
         "RESEND_API_KEY": fake.api_key,
         "RESEND_API_URL": fake.url,
+        "RESEND_RATE_LIMIT": "0",
         "RESEND_TIMEOUT_S": "30",
     }
     return subprocess.Popen(
@@ -216,7 +226,7 @@ def _drain_process(redis_url: str, fake: FakeResend) -> subprocess.Popen[str]:
 def test_sigkill_during_a_send_loses_nothing_and_sends_nothing_twice(
     real_conn: redis.Redis, redis_url: str, settings: Settings, fake_resend: FakeResend
 ) -> None:
-    ids = send_event_email("kill", people(4), "Hi", text="x", connection=real_conn, settings=settings)
+    ids = singles(real_conn, settings, 4)
     gate = fake_resend.hold()
     proc = _drain_process(redis_url, fake_resend)
     try:
@@ -244,6 +254,7 @@ def rq_worker_env(redis_url: str, fake_resend: FakeResend) -> Iterator[dict[str,
         "QUEUE_REDIS_URL": redis_url,
         "RESEND_API_KEY": fake_resend.api_key,
         "RESEND_API_URL": fake_resend.url,
+        "RESEND_RATE_LIMIT": "0",
     }
 
 
@@ -254,7 +265,7 @@ def test_three_overlapping_drains_and_a_vm_worker_deliver_300_exactly_once(
     fake_resend: FakeResend,
     rq_worker_env: dict[str, str],
 ) -> None:
-    ids = send_event_email("overlap", people(300), "Hi", text="x", connection=real_conn, settings=settings)
+    ids = singles(real_conn, settings, 300)
     rq_bin = str(Path(sys.executable).with_name("rq"))
     worker = subprocess.Popen(
         [

@@ -66,7 +66,7 @@ def test_invalid_secret_is_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_missing_url_and_key_say_what_to_set() -> None:
     settings = load_settings()
-    with pytest.raises(ConfigurationError, match="QUEUE_REDIS_URL is not set.*emailqueue dev"):
+    with pytest.raises(ConfigurationError, match=r"QUEUE_REDIS_URL is not set.*emailqueue dev"):
         settings.require_redis_url()
     with pytest.raises(ConfigurationError, match="RESEND_API_KEY is not set"):
         settings.require_api_key()

@@ -1,0 +1,77 @@
+"""Dependencies of the routes: settings, the Redis connection and bearer-token auth.
+
+Tests replace :func:`get_settings` and :func:`get_connection` through
+``app.dependency_overrides``; nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+import hmac
+from functools import lru_cache
+from typing import Annotated
+
+import redis
+from fastapi import Depends, Header, HTTPException, status
+from pydantic import SecretStr
+
+from emailqueue import ConfigurationError, Settings, load_settings
+from emailqueue._connection import connect
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings from the environment, read on first use and kept for the process's life."""
+    return load_settings()
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+@lru_cache(maxsize=4)
+def _connection_for(url: str) -> redis.Redis:
+    # One client (and connection pool) per process, reused by warm invocations.
+    return connect(url)
+
+
+def get_connection(settings: SettingsDep) -> redis.Redis:
+    """The process's Redis client for ``QUEUE_REDIS_URL``; it connects on first use."""
+    return _connection_for(settings.require_redis_url())
+
+
+ConnectionDep = Annotated[redis.Redis, Depends(get_connection)]
+
+
+def _check_bearer(
+    authorization: str | None, secret: SecretStr | None, variable: str, settings: Settings
+) -> None:
+    """Fail closed: no secret configured is a 503 (except in dev mode), a wrong token a 401."""
+    expected = secret.get_secret_value().strip() if secret is not None else ""
+    if not expected:
+        if settings.dev_mode:
+            return
+        raise ConfigurationError(
+            f"{variable} is not set, so this route is closed; set {variable} in the environment "
+            "(for local development only, EMAILQUEUE_DEV=1 opens it)"
+        )
+    # Compared as bytes in constant time, against the header exactly as Vercel Cron sends it.
+    given = (authorization or "").encode("utf-8", "surrogateescape")
+    if not hmac.compare_digest(given, f"Bearer {expected}".encode()):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            detail=f"missing or wrong bearer token (Authorization: Bearer ${variable})",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+def require_cron_secret(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:
+    """``Authorization: Bearer $CRON_SECRET``, as Vercel Cron sends it."""
+    _check_bearer(authorization, settings.cron_secret, "CRON_SECRET", settings)
+
+
+def require_admin_token(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:
+    """``Authorization: Bearer $QUEUE_ADMIN_TOKEN``."""
+    _check_bearer(authorization, settings.queue_admin_token, "QUEUE_ADMIN_TOKEN", settings)
+
+
+CronAuthorized = Annotated[None, Depends(require_cron_secret)]
+AdminAuthorized = Annotated[None, Depends(require_admin_token)]

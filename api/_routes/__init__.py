@@ -1,0 +1,1 @@
+"""The routers. Each route checks auth through a dependency and calls one function of the package."""

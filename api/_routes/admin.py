@@ -1,0 +1,50 @@
+"""``/api/admin/*``: queue status and requeueing failed jobs, behind ``QUEUE_ADMIN_TOKEN``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Self
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from api._deps import AdminAuthorized, ConnectionDep, SettingsDep
+from emailqueue import queue_status, requeue_failed
+
+router = APIRouter(prefix="/api/admin", tags=["admin"])
+
+#: RQ job ids are letters, digits, ``_`` and ``-``.
+JobId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,128}$")]
+
+
+class RequeueRequest(BaseModel):
+    """``{"ids": [...]}`` or ``{"all": true}``: exactly one of them."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    ids: list[JobId] | None = Field(default=None, min_length=1, max_length=1000)
+    all_: bool = Field(default=False, alias="all")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        if (self.ids is not None) == self.all_:
+            raise ValueError('give exactly one of "ids" (a non-empty list of job ids) or "all": true')
+        return self
+
+
+@router.get("/queue-status")
+def get_queue_status(
+    _auth: AdminAuthorized,
+    settings: SettingsDep,
+    connection: ConnectionDep,
+    limit: Annotated[int, Query(ge=0, le=500, description="how many recent failures to list")] = 20,
+) -> dict[str, Any]:
+    """Counts, workers and the most recent failed jobs (masked recipients, no bodies)."""
+    return queue_status(connection, settings, failed_limit=limit).to_dict()
+
+
+@router.post("/failed/requeue")
+def post_requeue(
+    _auth: AdminAuthorized, body: RequeueRequest, settings: SettingsDep, connection: ConnectionDep
+) -> dict[str, Any]:
+    """Requeue failed jobs (same idempotency keys, full retries): ``{"requeued", "not_found"}``."""
+    return requeue_failed(connection, settings, None if body.all_ else body.ids).to_dict()

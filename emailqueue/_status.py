@@ -1,0 +1,286 @@
+"""Look at the queue and repair it: what the admin API (and the CLI) show and do.
+
+Everything reads RQ's own structures with plain commands on the registries' keys (LLEN, ZCARD,
+ZREVRANGEBYSCORE, HMGET), in two pipelined round trips (three when a job failed without our
+record, to read RQ's own reason). It never calls a registry's ``count``
+or ``get_job_ids()``: those run ``StartedJobRegistry.cleanup()``, which runs failure callbacks
+under a SIGALRM death penalty and so breaks off the main thread, as in FastAPI's threadpool
+(PLATFORM_FACTS, "RQ traps"). Recovering abandoned jobs is the drain's job anyway.
+
+Nothing here returns a message body, an API key or the Redis URL: recipients are masked
+(``j***@example.com``) and every error message is scrubbed (``_records.scrub_text``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Final
+
+import redis
+from rq import Queue
+from rq.executions import WORKER_EXECUTIONS_KEY_TEMPLATE
+from rq.job import Job
+from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+from rq.results import Result
+from rq.utils import now as rq_now
+from rq.utils import utcformat, utcparse
+from rq.worker_registration import WORKERS_BY_QUEUE_KEY
+
+from ._connection import redis_errors
+from ._constants import META_KEY
+from ._exceptions import QueueError
+from ._records import (
+    JOB_FIELDS,
+    FailedJob,
+    WorkerInfo,
+    exc_string_of,
+    needs_rq_reason,
+    read_failed_job,
+    read_worker,
+    text_of,
+    worker_name,
+)
+from ._settings import Settings
+
+#: Ids requeued per script call: each call blocks Redis while it runs, so keep it short.
+REQUEUE_BATCH: Final = 500
+
+#: Requeue failed jobs, each in one atomic step. ``ZREM`` from the failed registry decides who
+#: requeues a job, so two concurrent requeues push it once. The job keeps its payload, hence its
+#: idempotency key; it gets a full set of retries, and our meta record drops the error but counts
+#: the requeue and the attempts spent before it. Its hash loses the failure TTL RQ set on it.
+#: KEYS: failed registry, queue, rq:queues. ARGV: job key prefix, retries_left, enqueued_at,
+#: meta key, then the job ids. Returns {requeued ids, ids not in the registry (or hash gone)}.
+REQUEUE: Final = """
+local requeued, missing = {}, {}
+for i = 5, #ARGV do
+  local id = ARGV[i]
+  local key = ARGV[1] .. id
+  if redis.call('ZREM', KEYS[1], id) == 1 and redis.call('EXISTS', key) == 1 then
+    local ok, meta = pcall(cjson.decode, redis.call('HGET', key, 'meta') or '')
+    if not ok or type(meta) ~= 'table' then meta = {} end
+    local old = meta[ARGV[4]]
+    if type(old) ~= 'table' then old = {} end
+    meta[ARGV[4]] = {
+      attempts = 0, error = cjson.null, failed_at = cjson.null, next_retry_in_s = cjson.null,
+      requeued = (tonumber(old['requeued']) or 0) + 1,
+      past_attempts = (tonumber(old['past_attempts']) or 0) + (tonumber(old['attempts']) or 0),
+    }
+    redis.call('HSET', key, 'status', 'queued', 'retries_left', ARGV[2], 'enqueued_at', ARGV[3],
+      'meta', cjson.encode(meta))
+    redis.call('HDEL', key, 'started_at', 'ended_at', 'exc_info', 'worker_name')
+    redis.call('PERSIST', key)
+    redis.call('RPUSH', KEYS[2], id)
+    requeued[#requeued + 1] = id
+  else
+    missing[#missing + 1] = id
+  end
+end
+if #requeued > 0 then redis.call('SADD', KEYS[3], KEYS[2]) end
+return {requeued, missing}
+"""
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    """Counts of the queue and its registries, workers, and the most recent failures."""
+
+    queue: str
+    queued: int
+    started: int
+    scheduled: int
+    failed: int
+    oldest_queued_age_s: float | None
+    workers: list[WorkerInfo]
+    recent_failed: list[FailedJob]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RequeueReport:
+    """Which failed jobs went back on the queue, and which ids were not failed jobs."""
+
+    requeued: list[str]
+    not_found: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Health:
+    """Whether Redis answers, and how fast. ``error`` is short and names no host or password."""
+
+    ok: bool
+    latency_ms: float | None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Keys:
+    name: str
+    queue: str
+    started: str
+    scheduled: str
+    failed: str
+    workers: str
+
+    @classmethod
+    def of(cls, connection: redis.Redis, settings: Settings) -> _Keys:
+        queue = Queue(settings.email_queue_name, connection=connection)
+        return cls(
+            name=queue.name,
+            queue=queue.key,
+            started=StartedJobRegistry(queue=queue).key,
+            scheduled=ScheduledJobRegistry(queue=queue).key,  # type: ignore[no-untyped-call]
+            failed=FailedJobRegistry(queue=queue).key,
+            workers=WORKERS_BY_QUEUE_KEY % queue.name,
+        )
+
+
+def queue_status(
+    connection: redis.Redis, settings: Settings, *, failed_limit: int = 20, now: float | None = None
+) -> QueueStatus:
+    """Counts, workers and the ``failed_limit`` most recent failures of the email queue.
+
+    Args:
+        connection: the Redis connection.
+        settings: the queue name comes from here.
+        failed_limit: how many failed jobs to list, most recent first (0 for none).
+        now: Unix time to measure ages and failure TTLs against; default: the clock.
+
+    Returns:
+        A :class:`QueueStatus`; failed jobs past their failure TTL are not counted.
+
+    Raises:
+        QueueError: Redis failed.
+    """
+    keys = _Keys.of(connection, settings)
+    now = time.time() if now is None else now
+    limit = max(failed_limit, 0)
+    with redis_errors("queue status"), connection.pipeline(transaction=False) as pipe:
+        pipe.llen(keys.queue)
+        pipe.zcard(keys.started)
+        pipe.zcard(keys.scheduled)
+        pipe.zcount(keys.failed, now, "+inf")
+        pipe.lindex(keys.queue, 0)
+        pipe.smembers(keys.workers)
+        if limit:
+            pipe.zrevrangebyscore(keys.failed, "+inf", now, start=0, num=limit)
+        queued, started, scheduled, failed, oldest, worker_keys, *rest = pipe.execute()
+        failed_ids = [text_of(v) for v in (rest[0] if rest else [])]
+        worker_keys = sorted(text_of(v) for v in worker_keys)
+        # Second round trip: the details of what the first one found.
+        if oldest:
+            pipe.hget(Job.key_for(text_of(oldest)), "enqueued_at")
+        for job_id in failed_ids:
+            pipe.hmget(Job.key_for(job_id), *JOB_FIELDS)
+        for key in worker_keys:
+            pipe.hmget(key, "state", "last_heartbeat")
+            pipe.smembers(WORKER_EXECUTIONS_KEY_TEMPLATE.format(worker_name(key)))
+        replies = pipe.execute() if (oldest or failed_ids or worker_keys) else []
+    age = _age(replies.pop(0), now) if oldest else None
+    job_fields = dict(zip(failed_ids, replies, strict=False))
+    reasons = _rq_reasons(connection, [i for i, f in job_fields.items() if needs_rq_reason(f)])
+    jobs = [job for i, f in job_fields.items() if (job := read_failed_job(i, f, reasons.get(i, "")))]
+    jobs.sort(key=lambda job: job.failed_at or "", reverse=True)  # registry scores are whole seconds
+    pairs = replies[len(failed_ids) :]
+    workers = [
+        w for i, key in enumerate(worker_keys) if (w := read_worker(key, pairs[2 * i], pairs[2 * i + 1]))
+    ]
+    return QueueStatus(
+        queue=keys.name,
+        queued=int(queued),
+        started=int(started),
+        scheduled=int(scheduled),
+        failed=int(failed),
+        oldest_queued_age_s=age,
+        workers=workers,
+        recent_failed=jobs,
+    )
+
+
+def requeue_failed(
+    connection: redis.Redis, settings: Settings, job_ids: list[str] | None = None
+) -> RequeueReport:
+    """Put failed jobs back on the queue, all of them or the ones named.
+
+    Each job keeps its payload and so its idempotency key (Resend still dedupes a send that did
+    go through), gets ``EMAIL_MAX_ATTEMPTS - 1`` retries again, and its error is cleared from
+    ``job.meta["emailqueue"]``, where ``requeued`` and ``past_attempts`` keep count. Each job is
+    requeued atomically: of two concurrent requeues, one wins and the job is pushed once.
+
+    Args:
+        connection: the Redis connection.
+        settings: queue name and the number of attempts.
+        job_ids: the jobs to requeue; ``None`` for every failed job.
+
+    Returns:
+        A :class:`RequeueReport`. Ids that are not in the failed registry are in ``not_found``.
+
+    Raises:
+        QueueError: Redis failed; jobs requeued before the failure stay requeued.
+    """
+    keys = _Keys.of(connection, settings)
+    requeued: list[str] = []
+    not_found: list[str] = []
+    with redis_errors("requeue"):
+        if job_ids is None:
+            ids = [text_of(v) for v in connection.zrange(keys.failed, 0, -1)]
+        else:
+            ids = list(dict.fromkeys(job_ids))
+        script = connection.register_script(REQUEUE)
+        fixed: list[str | int] = [
+            Job.key_for(""),
+            max(settings.email_max_attempts - 1, 0),
+            utcformat(rq_now()),
+            META_KEY,
+        ]
+        for start in range(0, len(ids), REQUEUE_BATCH):
+            chunk = ids[start : start + REQUEUE_BATCH]
+            done, missing = script(
+                keys=[keys.failed, keys.queue, Queue.redis_queues_keys], args=[*fixed, *chunk]
+            )
+            requeued += [text_of(v) for v in done]
+            not_found += [text_of(v) for v in missing]
+    return RequeueReport(requeued=requeued, not_found=not_found)
+
+
+def health(connection: redis.Redis, *, clock: Callable[[], float] = time.perf_counter) -> Health:
+    """PING Redis. Never raises: a failure is ``ok=False`` with a short reason.
+
+    The reason names the kind of failure only (no host, URL or password): the health route is
+    public.
+    """
+    started = clock()
+    try:
+        with redis_errors("health check"):
+            connection.ping()
+    except QueueError as exc:
+        cause = type(exc.__cause__).__name__ if exc.__cause__ is not None else "error"
+        return Health(ok=False, latency_ms=None, error=f"Redis is unavailable ({cause})")
+    return Health(ok=True, latency_ms=round((clock() - started) * 1000, 2))
+
+
+def _rq_reasons(connection: redis.Redis, job_ids: list[str]) -> dict[str, str]:
+    """RQ's tracebacks of jobs it failed itself: a third round trip, only when there are any."""
+    if not job_ids:
+        return {}
+    with redis_errors("queue status"), connection.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.xrevrange(Result.get_key(job_id), "+", "-", count=1)  # type: ignore[no-untyped-call]
+        return {job_id: exc_string_of(reply) for job_id, reply in zip(job_ids, pipe.execute(), strict=True)}
+
+
+def _age(enqueued_at: Any, now: float) -> float | None:
+    try:
+        return round(max(now - utcparse(text_of(enqueued_at)).timestamp(), 0.0), 3)
+    except ValueError:
+        return None  # the oldest id's hash is gone (a stale push): no age to show
