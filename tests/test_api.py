@@ -21,12 +21,12 @@ import pytest
 import redis
 from pydantic import SecretStr
 
-from api._app import create_app
-from api._deps import get_connection, get_settings
 from emailqueue import Settings, drain, send_email
 from emailqueue._connection import connect
 from emailqueue._embedded import EmbeddedRedis
 from emailqueue.testing import FakeResend
+from emailqueue.web import create_app
+from emailqueue.web._deps import get_connection, get_settings
 
 with warnings.catch_warnings():
     # Starlette's TestClient prefers httpx2 now; httpx, already a dependency, works the same.

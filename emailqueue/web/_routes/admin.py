@@ -7,8 +7,8 @@ from typing import Annotated, Any, Self
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from api._deps import AdminAuthorized, ConnectionDep, SettingsDep
 from emailqueue import queue_status, requeue_failed
+from emailqueue.web._deps import AdminAuthorized, ConnectionDep, SettingsDep
 
 router = APIRouter(prefix="/api/admin", tags=["admin"])
 

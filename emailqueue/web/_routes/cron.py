@@ -6,8 +6,8 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from api._deps import ConnectionDep, CronAuthorized, SettingsDep
 from emailqueue import drain
+from emailqueue.web._deps import ConnectionDep, CronAuthorized, SettingsDep
 
 router = APIRouter(prefix="/api/cron", tags=["cron"])
 

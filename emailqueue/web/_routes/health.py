@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 from fastapi.responses import JSONResponse
 
-from api._deps import ConnectionDep
 from emailqueue import health
+from emailqueue.web._deps import ConnectionDep
 
 router = APIRouter(prefix="/api", tags=["health"])
 

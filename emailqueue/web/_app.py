@@ -15,9 +15,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from api._routes import admin, cron, health
 from emailqueue import ConfigurationError, QueueError, __version__
 from emailqueue._records import scrub_text
+from emailqueue.web._routes import admin, cron, dev, health
 
 log = logging.getLogger("emailqueue.api")
 
@@ -35,6 +35,7 @@ def create_app() -> FastAPI:
     app.include_router(cron.router)
     app.include_router(admin.router)
     app.include_router(health.router)
+    app.include_router(dev.router)
     app.add_exception_handler(QueueError, _queue_error)
     app.add_exception_handler(ConfigurationError, _configuration_error)
     app.add_exception_handler(HTTPException, _http_error)
