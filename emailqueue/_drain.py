@@ -31,6 +31,7 @@ import redis
 from rq import Queue
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+from rq.results import Result
 from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 
@@ -230,7 +231,7 @@ class _Run:
         return len(requeued) + len(failed)
 
     def _work(self, pool: ThreadPoolExecutor) -> None:
-        """Rounds of: reserve send slots, claim that many jobs, send them concurrently, settle."""
+        """Rounds of: claim jobs, reserve a send slot for each, send them concurrently, settle."""
         claim = self.conn.register_script(_scripts.CLAIM)
         report, settings, keys = self.report, self.settings, self.keys
         while True:
@@ -243,15 +244,11 @@ class _Run:
                 report.stopped = "time_budget"
                 return
             wanted = min(settings.concurrency, self.limit - report.processed)
-            granted, wait = self.limiter.reserve(wanted, horizon=horizon)
-            if not granted:
-                report.stopped = "time_budget"  # no send slot frees up in time
-                return
             now = self.wall_clock()
             stamp = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
             prefix = f"{self.execution}-{report.processed}-"
             args: list[Any] = [
-                granted,
+                wanted,
                 now,
                 prefix,
                 "emailqueue-drain",
@@ -266,6 +263,14 @@ class _Run:
             if not rows:
                 report.stopped = "empty"
                 return
+            # Send slots for exactly what was claimed; jobs with no slot in time go back.
+            granted, wait = self.limiter.reserve(len(rows), horizon=horizon)
+            if granted < len(rows):
+                self._unclaim(rows[granted:])
+                rows = rows[:granted]
+                if not rows:
+                    report.stopped = "time_budget"  # no send slot frees up in time
+                    return
             interval = self.limiter.interval
             futures = [pool.submit(self._send, row, wait + i * interval) for i, row in enumerate(rows)]
             done: list[_Claimed] = []
@@ -298,6 +303,13 @@ class _Run:
             record_rejected(self.conn, self.queue.name, payload, outcome.rejected, self.settings)
         return outcome
 
+    def _unclaim(self, rows: list[_Claimed]) -> None:
+        script = self.conn.register_script(_scripts.UNCLAIM)
+        args: list[Any] = [self.keys.job_prefix]
+        for row in rows:
+            args += [row.job_id, row.member]
+        script(keys=[self.keys.queue, self.keys.wip], args=args)
+
     def _ack(self, rows: list[_Claimed]) -> None:
         """Done: drop the started entries and delete the jobs (``result_ttl=0``), in one round trip."""
         if not rows:
@@ -325,6 +337,8 @@ class _Run:
                 job.set_status(JobStatus.FAILED, pipeline=pipe)
                 registry = FailedJobRegistry(queue=self.queue)
                 registry.add(job, ttl=job.failure_ttl, exc_string=str(error), pipeline=pipe)
+                # The reason where RQ's own tools (rq info, dashboards) look for it, as a worker writes it.
+                Result.create_failure(job, job.failure_ttl, exc_string=str(error), pipeline=pipe)
                 self.report.failed += 1
             pipe.execute()
 
@@ -338,6 +352,7 @@ def _note_failure(queue: Queue, job_id: str, name: str, message: str) -> None:
     record = job.meta.get(META_KEY)
     attempts = (int(record.get("attempts", 0)) if isinstance(record, dict) else 0) + 1
     job.meta[META_KEY] = {
+        **(record if isinstance(record, dict) else {}),
         "attempts": attempts,
         "error": {"name": name, "message": message, "status_code": None},
         "failed_at": datetime.now(UTC).isoformat(),

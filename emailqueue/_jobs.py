@@ -18,6 +18,7 @@ The error name, message and attempt count go into ``job.meta["emailqueue"]`` for
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import threading
@@ -64,15 +65,26 @@ def configure_worker(settings: Settings | None = None, client: Sender | None = N
 def _client_for(settings: Settings) -> Sender:
     """A Resend client; or, in dev mode without a key, the local outbox.
 
+    One client per configuration for the life of the process: warm serverless invocations reuse
+    its connection pool (no new TLS handshake), and no run leaks one.
+
     Raises:
         ConfigurationError: no RESEND_API_KEY outside dev mode.
     """
     if settings.resend_api_key is None and settings.dev_mode:
         return OutboxClient(settings.emailqueue_outbox_dir)
-    http = build_http_client(
-        connect_timeout=settings.resend_connect_timeout_s, read_timeout=settings.resend_timeout_s
+    return _cached_client(
+        settings.require_api_key(),
+        settings.resend_api_url,
+        settings.resend_connect_timeout_s,
+        settings.resend_timeout_s,
     )
-    return ResendClient(http, api_key=settings.require_api_key(), base_url=settings.resend_api_url)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_client(api_key: str, base_url: str, connect_timeout: float, read_timeout: float) -> ResendClient:
+    http = build_http_client(connect_timeout=connect_timeout, read_timeout=read_timeout)
+    return ResendClient(http, api_key=api_key, base_url=base_url)
 
 
 def _default_runtime() -> tuple[Settings, Sender]:
@@ -190,6 +202,7 @@ def apply_failure_policy(
     if delay is not None:
         job.retry_intervals = [delay]
     job.meta[META_KEY] = {
+        **(job.meta.get(META_KEY) or {}),  # keep what requeues recorded (requeued, past_attempts)
         "attempts": attempts,
         "error": {"name": exc.name, "message": exc.message, "status_code": exc.status_code},
         "failed_at": datetime.now(UTC).isoformat(),

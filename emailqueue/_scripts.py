@@ -83,3 +83,15 @@ for _, m in ipairs(members) do
 end
 return {requeued, failed}
 """
+
+#: Give claimed jobs back (no send slot came in time): the reverse of CLAIM, at the queue's front.
+#: KEYS: queue, wip. ARGV: job key prefix, then pairs of (job id, execution member).
+UNCLAIM: Final = """
+for i = #ARGV - 1, 2, -2 do
+  if redis.call('ZREM', KEYS[2], ARGV[i + 1]) == 1 then
+    redis.call('HSET', ARGV[1] .. ARGV[i], 'status', 'queued')
+    redis.call('LPUSH', KEYS[1], ARGV[i])
+  end
+end
+return 1
+"""

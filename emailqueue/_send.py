@@ -113,6 +113,7 @@ def record_rejected(
                     }
                 },
             )
+            job.save(pipeline=pipe)  # with meta: the registry's own save leaves meta out
             registry.add(
                 job,
                 ttl=settings.email_failure_ttl_s,
