@@ -13,7 +13,6 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from email_validator import EmailNotValidError, validate_email
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -63,6 +62,9 @@ def split_address(value: str) -> tuple[str, str]:
 
 def check_address(value: str) -> str:
     """Validate one address (``Name <a@b.c>`` allowed) and return it stripped."""
+    # Imported here: the cron function never validates an address, and cold starts count.
+    from email_validator import EmailNotValidError, validate_email
+
     _no_crlf(_utf8(value))
     _, addr = split_address(value)
     try:
@@ -92,7 +94,7 @@ Address = Annotated[str, AfterValidator(check_address)]
 class Tag(BaseModel):
     """A Resend tag: ``name`` and ``value`` of ASCII letters, digits, ``_`` and ``-``."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, defer_build=True)
 
     name: str = Field(min_length=1, max_length=MAX_TAG_CHARS)
     value: str = Field(min_length=1, max_length=MAX_TAG_CHARS)
@@ -108,7 +110,7 @@ class Tag(BaseModel):
 class Attachment(BaseModel):
     """An attachment: base64 ``content`` or a URL ``path``, exactly one of them."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, defer_build=True)
 
     filename: str = Field(min_length=1, max_length=255)
     content: str | None = None
@@ -153,7 +155,9 @@ class EmailMessage(BaseModel):
     Build it directly or let :func:`emailqueue.send_email` build it from keywords.
     """
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", strict=True, frozen=True, populate_by_name=True, defer_build=True
+    )
 
     from_: Address | None = Field(default=None, alias="from")
     to: list[Address]
