@@ -19,7 +19,7 @@ JobId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,128}$")]
 class RequeueRequest(BaseModel):
     """``{"ids": [...]}`` or ``{"all": true}``: exactly one of them."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, defer_build=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     ids: list[JobId] | None = Field(default=None, min_length=1, max_length=1000)
     all_: bool = Field(default=False, alias="all")
