@@ -110,11 +110,11 @@ def _cmd_drain(args: argparse.Namespace, out: IO[str]) -> int:
 
 
 def _connection_and_settings() -> tuple[Any, Any]:
-    from ._connection import connect
+    from ._connection import connect_from
     from ._settings import load_settings
 
     settings = load_settings()
-    return connect(settings.require_redis_url()), settings
+    return connect_from(settings), settings
 
 
 def _cmd_status(args: argparse.Namespace, out: IO[str]) -> int:

@@ -36,7 +36,7 @@ from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 
 from . import _scripts
-from ._connection import connect, redis_errors
+from ._connection import connect_from, redis_errors
 from ._constants import JOB_FUNC_PATH, META_KEY
 from ._exceptions import PermanentSendError, RetryableSendError, SendError
 from ._jobs import _client_for, apply_failure_policy
@@ -138,7 +138,7 @@ def drain(
     settings = settings or load_settings()
     if client is None:
         client = _client_for(settings)  # fails here, before any job is claimed, if the key is missing
-    conn = connection if connection is not None else connect(settings.require_redis_url())
+    conn = connection if connection is not None else connect_from(settings)
     run = _Run(
         conn=conn,
         settings=settings,

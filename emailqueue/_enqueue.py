@@ -26,7 +26,7 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from rq.utils import now
 
-from ._connection import connect, redis_errors
+from ._connection import connect_from, redis_errors
 from ._constants import DEDUP_KEY_TEMPLATE, DERIVED_JOB_PREFIX, JOB_FUNC_PATH, RANDOM_JOB_PREFIX
 from ._message import EmailMessage, mask_email, split_address
 from ._payload import Payload, idempotency_key_for
@@ -203,5 +203,5 @@ def resolve_queue(
     """The queue to write to: the one given, else one on ``connection``, else from settings."""
     if queue is not None:
         return queue
-    conn = connection if connection is not None else connect(settings.require_redis_url())
+    conn = connection if connection is not None else connect_from(settings)
     return Queue(settings.email_queue_name, connection=conn, serializer=JSONSerializer)

@@ -42,6 +42,10 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices(*REDIS_URL_VARIABLES),
         description="Redis URL (redis:// or rediss://). Fallbacks: REDIS_URL, KV_URL.",
     )
+    queue_redis_ca_cert: str | None = Field(
+        default=None,
+        description="CA file to verify a rediss:// server's certificate (self-signed, private CA).",
+    )
     resend_api_key: SecretStr | None = Field(default=None, description="Resend API key (re_...).")
     resend_api_url: str = Field(default="https://api.resend.com", description="Resend API base URL.")
     email_from: str | None = Field(default=None, description="Default sender when a message has none.")

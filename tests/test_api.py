@@ -493,3 +493,24 @@ def test_real_uvicorn_process_serves_the_cron_route(
     assert "Application shutdown complete" in log_path.read_text()
     (email,) = fake_resend.accepted
     assert email.idempotency_key == "emailqueue-" + job_id
+
+
+def test_request_bodies_are_capped(make_client: Client, conn: redis.Redis) -> None:
+    client = make_client(conn)
+    big = b'{"ids": [' + b'"x",' * 40_000 + b'"x"]}'
+    reply = client.post(
+        REQUEUE, headers={**bearer(ADMIN_TOKEN), "content-type": "application/json"}, content=big
+    )
+    assert reply.status_code == 413
+    assert reply.json()["error"] == "payload_too_large"
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it streams
+        yield b'{"ids": ['
+        for _ in range(20_000):
+            yield b'"abcdefgh",'
+        yield b'"x"]}'
+
+    reply = client.post(
+        REQUEUE, headers={**bearer(ADMIN_TOKEN), "content-type": "application/json"}, content=chunks()
+    )
+    assert reply.status_code == 413

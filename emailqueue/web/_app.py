@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException
 
 from emailqueue import ConfigurationError, QueueError, __version__
 from emailqueue._records import scrub_text
+from emailqueue.web._limits import BodyLimit
 from emailqueue.web._routes import admin, cron, dev, health
 
 log = logging.getLogger("emailqueue.api")
@@ -32,6 +33,7 @@ _HTTP_ERRORS = {
 def create_app() -> FastAPI:
     """Build the app. It reads no settings and opens no connection until a request needs one."""
     app = FastAPI(title="emailqueue", version=__version__, openapi_url=None, docs_url=None, redoc_url=None)
+    app.add_middleware(BodyLimit)
     app.include_router(cron.router)
     app.include_router(admin.router)
     app.include_router(health.router)

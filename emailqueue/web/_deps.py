@@ -28,14 +28,14 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 @lru_cache(maxsize=4)
-def _connection_for(url: str) -> redis.Redis:
+def _connection_for(url: str, ca_certs: str | None) -> redis.Redis:
     # One client (and connection pool) per process, reused by warm invocations.
-    return connect(url)
+    return connect(url, ca_certs=ca_certs)
 
 
 def get_connection(settings: SettingsDep) -> redis.Redis:
     """The process's Redis client for ``QUEUE_REDIS_URL``; it connects on first use."""
-    return _connection_for(settings.require_redis_url())
+    return _connection_for(settings.require_redis_url(), settings.queue_redis_ca_cert)
 
 
 ConnectionDep = Annotated[redis.Redis, Depends(get_connection)]
