@@ -30,9 +30,8 @@ from typing import Any, Literal
 import redis
 from rq import Queue
 from rq.job import Job, JobStatus
-from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+from rq.registry import FailedJobRegistry
 from rq.results import Result
-from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 
 from . import _scripts
@@ -40,6 +39,7 @@ from ._connection import connect_from, redis_errors
 from ._constants import JOB_FUNC_PATH, META_KEY
 from ._exceptions import PermanentSendError, RetryableSendError, SendError
 from ._jobs import _client_for, apply_failure_policy
+from ._keys import QueueKeys
 from ._payload import parse_payload
 from ._ratelimit import RateLimiter, limiter_key
 from ._send import Outcome, Sender, record_rejected, send
@@ -71,27 +71,6 @@ class DrainReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class _Keys:
-    queue: str
-    wip: str
-    scheduled: str
-    failed: str
-    lock: str
-    job_prefix: str
-
-    @classmethod
-    def of(cls, queue: Queue) -> _Keys:
-        return cls(
-            queue=queue.key,
-            wip=StartedJobRegistry(queue=queue).key,
-            scheduled=ScheduledJobRegistry(queue=queue).key,  # type: ignore[no-untyped-call]
-            failed=FailedJobRegistry(queue=queue).key,
-            lock=RQScheduler.get_locking_key(queue.name),
-            job_prefix=Job.key_for(""),
-        )
 
 
 @dataclass(frozen=True)
@@ -173,7 +152,7 @@ class _Run:
         self.limit, self.budget = limit, budget
         self.clock, self.wall_clock, self.sleep, self.on_progress = clock, wall_clock, sleep, on_progress
         self.queue = Queue(settings.email_queue_name, connection=conn, serializer=JSONSerializer)
-        self.keys = _Keys.of(self.queue)
+        self.keys = QueueKeys.of(self.queue)
         self.limiter = RateLimiter(
             conn, limiter_key(self.queue.name), settings.resend_rate_limit, clock=wall_clock, sleep=sleep
         )
@@ -188,7 +167,7 @@ class _Run:
             with self.conn.pipeline(transaction=False) as pipe:
                 pipe.llen(keys.queue)
                 pipe.zcount(keys.scheduled, "-inf", now)
-                pipe.zcount(keys.wip, "-inf", now)
+                pipe.zcount(keys.started, "-inf", now)
                 queued, due, abandoned = pipe.execute()
             if due:
                 report.promoted = self._promote(now)
@@ -216,7 +195,7 @@ class _Run:
         script = self.conn.register_script(_scripts.RECOVER)
         keys = self.keys
         requeued, failed = script(
-            keys=[keys.wip, keys.queue, keys.failed], args=[now, keys.job_prefix, STEP_LIMIT]
+            keys=[keys.started, keys.queue, keys.failed], args=[now, keys.job_prefix, STEP_LIMIT]
         )
         for raw_id in failed:
             job_id = raw_id.decode()
@@ -258,7 +237,7 @@ class _Run:
             ]
             rows = [
                 _Claimed(r[0].decode(), r[1], r[2], r[3])
-                for r in claim(keys=[keys.queue, keys.wip], args=args)
+                for r in claim(keys=[keys.queue, keys.started], args=args)
             ]
             if not rows:
                 report.stopped = "empty"
@@ -308,14 +287,14 @@ class _Run:
         args: list[Any] = [self.keys.job_prefix]
         for row in rows:
             args += [row.job_id, row.member]
-        script(keys=[self.keys.queue, self.keys.wip], args=args)
+        script(keys=[self.keys.queue, self.keys.started], args=args)
 
     def _ack(self, rows: list[_Claimed]) -> None:
         """Done: drop the started entries and delete the jobs (``result_ttl=0``), in one round trip."""
         if not rows:
             return
         with self.conn.pipeline(transaction=False) as pipe:
-            pipe.zrem(self.keys.wip, *[row.member for row in rows])
+            pipe.zrem(self.keys.started, *[row.member for row in rows])
             pipe.delete(*[self.keys.job_prefix + row.job_id for row in rows])
             pipe.execute()
 
@@ -329,7 +308,7 @@ class _Run:
         job = Job.fetch(row.job_id, connection=self.conn, serializer=JSONSerializer)
         apply_failure_policy(job, error, self.settings)
         with self.conn.pipeline() as pipe:
-            pipe.zrem(self.keys.wip, row.member)
+            pipe.zrem(self.keys.started, row.member)
             if job.should_retry:
                 job.retry(self.queue, pipe)
                 self.report.retrying += 1

@@ -22,15 +22,14 @@ import redis
 from rq import Queue
 from rq.executions import WORKER_EXECUTIONS_KEY_TEMPLATE
 from rq.job import Job
-from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from rq.results import Result
 from rq.utils import now as rq_now
 from rq.utils import utcformat, utcparse
-from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from ._connection import redis_errors
 from ._constants import META_KEY
 from ._exceptions import QueueError
+from ._keys import QueueKeys
 from ._records import (
     JOB_FIELDS,
     FailedJob,
@@ -123,28 +122,6 @@ class Health:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class _Keys:
-    name: str
-    queue: str
-    started: str
-    scheduled: str
-    failed: str
-    workers: str
-
-    @classmethod
-    def of(cls, connection: redis.Redis, settings: Settings) -> _Keys:
-        queue = Queue(settings.email_queue_name, connection=connection)
-        return cls(
-            name=queue.name,
-            queue=queue.key,
-            started=StartedJobRegistry(queue=queue).key,
-            scheduled=ScheduledJobRegistry(queue=queue).key,  # type: ignore[no-untyped-call]
-            failed=FailedJobRegistry(queue=queue).key,
-            workers=WORKERS_BY_QUEUE_KEY % queue.name,
-        )
-
-
 def queue_status(
     connection: redis.Redis, settings: Settings, *, failed_limit: int = 20, now: float | None = None
 ) -> QueueStatus:
@@ -162,7 +139,7 @@ def queue_status(
     Raises:
         QueueError: Redis failed.
     """
-    keys = _Keys.of(connection, settings)
+    keys = QueueKeys.of(Queue(settings.email_queue_name, connection=connection))
     now = time.time() if now is None else now
     limit = max(failed_limit, 0)
     with redis_errors("queue status"), connection.pipeline(transaction=False) as pipe:
@@ -228,7 +205,7 @@ def requeue_failed(
     Raises:
         QueueError: Redis failed; jobs requeued before the failure stay requeued.
     """
-    keys = _Keys.of(connection, settings)
+    keys = QueueKeys.of(Queue(settings.email_queue_name, connection=connection))
     requeued: list[str] = []
     not_found: list[str] = []
     with redis_errors("requeue"):

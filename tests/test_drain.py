@@ -189,12 +189,13 @@ def test_an_abandoned_claim_is_recovered_with_the_same_key(
 ) -> None:
     job_id = send_email(to="a@example.com", subject="s", text="t", connection=conn, settings=settings)
     # A drain that "died" mid-send: the job is claimed (started) and never acked.
-    from emailqueue import _drain, _scripts
+    from emailqueue import _scripts
+    from emailqueue._keys import QueueKeys
 
     queue = Queue("emails", connection=conn, serializer=JSONSerializer)
-    keys = _drain._Keys.of(queue)
+    keys = QueueKeys.of(queue)
     conn.register_script(_scripts.CLAIM)(
-        keys=[keys.queue, keys.wip],
+        keys=[keys.queue, keys.started],
         args=[1, time.time(), "dead-", "w", "2026-01-01T00:00:00Z", "rq:job:", 30],
     )
     assert registry_counts(queue)["started"] == 1

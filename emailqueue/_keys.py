@@ -1,0 +1,40 @@
+"""The Redis keys of one queue, as RQ names them (``RQ_KEY_PREFIX`` included), in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rq import Queue
+from rq.job import Job
+from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+from rq.scheduler import RQScheduler
+from rq.worker_registration import WORKERS_BY_QUEUE_KEY
+
+
+@dataclass(frozen=True)
+class QueueKeys:
+    """``queue``: the job-id list; ``started`` (``rq:wip:<q>``), ``scheduled`` and ``failed``:
+    RQ's registries; ``lock``: RQ's scheduler lock; ``workers``: the workers on the queue;
+    ``job_prefix``: prepend to a job id for its hash."""
+
+    name: str
+    queue: str
+    started: str
+    scheduled: str
+    failed: str
+    lock: str
+    workers: str
+    job_prefix: str
+
+    @classmethod
+    def of(cls, queue: Queue) -> QueueKeys:
+        return cls(
+            name=queue.name,
+            queue=queue.key,
+            started=StartedJobRegistry(queue=queue).key,
+            scheduled=ScheduledJobRegistry(queue=queue).key,  # type: ignore[no-untyped-call]
+            failed=FailedJobRegistry(queue=queue).key,
+            lock=RQScheduler.get_locking_key(queue.name),
+            workers=WORKERS_BY_QUEUE_KEY % queue.name,
+            job_prefix=Job.key_for(""),
+        )
