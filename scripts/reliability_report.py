@@ -51,7 +51,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         for run in runs:
             for name, n in run.get("failed_reasons", {}).items():
                 reasons[name] += n
-        why = ", ".join(f"{name} ×{n}" for name, n in sorted(reasons.items()))
+        why = ", ".join(f"{name} x{n}" for name, n in sorted(reasons.items()))
         total = {
             k: sum(int(r.get(k, 0)) for r in runs)
             for k in ("enqueued", "accepted", "replays", "failed", "lost", "duplicated", "stuck")
@@ -66,7 +66,8 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def render(rows: list[dict[str, Any]]) -> str:
     measured = max((r.get("recorded_at", "") for r in rows), default="")
-    where = f"{platform.system()} {platform.machine()}, Python {platform.python_version()}, {os.cpu_count()} cores"
+    python = platform.python_version()
+    where = f"{platform.system()} {platform.machine()}, Python {python}, {os.cpu_count()} cores"
     header = (
         f"Measured {measured} on {where} by `python scripts/reliability_report.py`, which runs "
         "`pytest tests/reliability` and renders this table from the suite's ledger.\n\n"
