@@ -6,8 +6,9 @@
     send_email(to="ada@example.com", subject="Welcome", html="<p>Hi!</p>")
 """
 
-from ._api import send_email, send_event_email
-from ._drain import DrainReport, drain
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from ._exceptions import (
     ConfigurationError,
     EmailQueueError,
@@ -19,12 +20,52 @@ from ._exceptions import (
     RetryableSendError,
     SendError,
 )
-from ._jobs import configure_worker
-from ._message import Attachment, EmailMessage, Tag
-from ._resend import ResendClient, build_http_client
-from ._settings import Settings, load_settings
-from ._status import Health, QueueStatus, RequeueReport, health, queue_status, requeue_failed
 from ._version import __version__
+
+if TYPE_CHECKING:
+    from ._api import send_email, send_event_email
+    from ._drain import DrainReport, drain
+    from ._jobs import configure_worker
+    from ._message import Attachment, EmailMessage, Tag
+    from ._resend import ResendClient, build_http_client
+    from ._settings import Settings, load_settings
+    from ._status import Health, QueueStatus, RequeueReport, health, queue_status, requeue_failed
+
+# The rest is imported on first use: a cold serverless function pays only for what it touches.
+_LAZY = {
+    "send_email": "_api",
+    "send_event_email": "_api",
+    "DrainReport": "_drain",
+    "drain": "_drain",
+    "configure_worker": "_jobs",
+    "Attachment": "_message",
+    "EmailMessage": "_message",
+    "Tag": "_message",
+    "ResendClient": "_resend",
+    "build_http_client": "_resend",
+    "Settings": "_settings",
+    "load_settings": "_settings",
+    "Health": "_status",
+    "QueueStatus": "_status",
+    "RequeueReport": "_status",
+    "health": "_status",
+    "queue_status": "_status",
+    "requeue_failed": "_status",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'emailqueue' has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "Attachment",

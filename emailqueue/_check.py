@@ -37,8 +37,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from ._exceptions import ConfigurationError, SendError
-from ._message import mask_email
-from ._redact import redact_url
+from ._redact import mask_email, redact_url
 from ._resend import ResendClient, build_http_client
 from ._settings import REDIS_URL_VARIABLES, load_settings
 

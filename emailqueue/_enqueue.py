@@ -28,8 +28,9 @@ from rq.utils import now
 
 from ._connection import connect_from, redis_errors
 from ._constants import DEDUP_KEY_TEMPLATE, DERIVED_JOB_PREFIX, JOB_FUNC_PATH, RANDOM_JOB_PREFIX
-from ._message import EmailMessage, mask_email, split_address
+from ._message import EmailMessage
 from ._payload import Payload, idempotency_key_for
+from ._redact import mask_email, split_address
 from ._settings import Settings
 
 BATCH_JOB_PREFIX = "eb_"

@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from ._exceptions import FieldProblem, InvalidEmailError
+from ._redact import split_address
 
 MAX_RECIPIENTS = 50  # Resend: `to` takes at most 50 addresses
 MAX_TOTAL_BYTES = 40 * 1024 * 1024  # Resend: 40 MB per email after base64
@@ -35,7 +36,6 @@ MAX_SCHEDULE_AHEAD = timedelta(days=30)
 _TAG_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 # RFC 5322 field name: printable ASCII except ':' and space.
 _HEADER_NAME_RE = re.compile(r"^[!-9;-~]+$")
-_NAMED_ADDRESS_RE = re.compile(r'^\s*"?(?P<name>[^"<>]*?)"?\s*<(?P<addr>[^<>]+)>\s*$')
 
 
 def _no_crlf(value: str) -> str:
@@ -52,14 +52,6 @@ def _utf8(value: str) -> str:
     return value
 
 
-def split_address(value: str) -> tuple[str, str]:
-    """Split ``"Name <addr@example.com>"`` or ``addr@example.com`` into (name, address)."""
-    match = _NAMED_ADDRESS_RE.match(value)
-    if match:
-        return match.group("name").strip(), match.group("addr").strip()
-    return "", value.strip()
-
-
 def check_address(value: str) -> str:
     """Validate one address (``Name <a@b.c>`` allowed) and return it stripped."""
     # Imported here: the cron function never validates an address, and cold starts count.
@@ -72,15 +64,6 @@ def check_address(value: str) -> str:
     except EmailNotValidError as exc:
         raise ValueError(f"{addr!r} is not a valid email address ({exc})") from None
     return value.strip()
-
-
-def mask_email(value: str) -> str:
-    """``john@example.com`` -> ``j***@example.com``; what logs and the admin API show."""
-    _, addr = split_address(value)
-    local, at, domain = addr.partition("@")
-    if not at:
-        return "***"
-    return f"{local[:1]}***@{domain}"
 
 
 def _as_list(value: Any) -> Any:

@@ -22,8 +22,7 @@ from rq.utils import parse_composite_key
 from rq.worker import Worker
 
 from ._constants import META_KEY
-from ._message import mask_email
-from ._redact import redact_text
+from ._redact import mask_email, redact_text
 
 #: Longest error message shown for one failed job.
 MAX_MESSAGE_CHARS: Final = 300

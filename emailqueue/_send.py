@@ -19,9 +19,9 @@ from rq.serializers import JSONSerializer
 
 from ._constants import JOB_FUNC_PATH, META_KEY
 from ._exceptions import RetryableSendError, SendError
-from ._message import mask_email
 from ._payload import Payload, idempotency_key_for
 from ._ratelimit import RateLimiter
+from ._redact import mask_email
 from ._resend import BatchResult
 from ._settings import Settings
 

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from emailqueue import EmailMessage, InvalidEmailError, Settings, send_email, send_event_email
-from emailqueue._message import mask_email
+from emailqueue._redact import mask_email
 
 GOOD: dict[str, Any] = {"to": "ada@example.com", "subject": "Hello", "html": "<p>Hi</p>"}
 

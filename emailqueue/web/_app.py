@@ -16,7 +16,6 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from emailqueue import ConfigurationError, QueueError, __version__
-from emailqueue._records import scrub_text
 from emailqueue.web._limits import BodyLimit
 from emailqueue.web._routes import admin, cron, dev, health
 
@@ -59,6 +58,12 @@ def error_response(
         body["message"] = message
     body.update(extra)
     return JSONResponse(body, status_code=status_code, headers=headers)
+
+
+def scrub_text(text: str) -> str:
+    from emailqueue._records import scrub_text  # imported on first error, not at cold start
+
+    return scrub_text(text)
 
 
 async def _queue_error(request: Request, exc: Exception) -> JSONResponse:

@@ -7,7 +7,6 @@ from typing import Annotated, Any, Self
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from emailqueue import queue_status, requeue_failed
 from emailqueue.web._deps import AdminAuthorized, ConnectionDep, SettingsDep
 
 router = APIRouter(prefix="/api/admin", tags=["admin"])
@@ -39,6 +38,8 @@ def get_queue_status(
     limit: Annotated[int, Query(ge=0, le=500, description="how many recent failures to list")] = 20,
 ) -> dict[str, Any]:
     """Counts, workers and the most recent failed jobs (masked recipients, no bodies)."""
+    from emailqueue import queue_status  # imported per use: cold starts import only what runs
+
     return queue_status(connection, settings, failed_limit=limit).to_dict()
 
 
@@ -47,4 +48,6 @@ def post_requeue(
     _auth: AdminAuthorized, body: RequeueRequest, settings: SettingsDep, connection: ConnectionDep
 ) -> dict[str, Any]:
     """Requeue failed jobs (same idempotency keys, full retries): ``{"requeued", "not_found"}``."""
+    from emailqueue import requeue_failed
+
     return requeue_failed(connection, settings, None if body.all_ else body.ids).to_dict()

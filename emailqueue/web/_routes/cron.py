@@ -6,7 +6,6 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from emailqueue import drain
 from emailqueue.web._deps import ConnectionDep, CronAuthorized, SettingsDep
 
 router = APIRouter(prefix="/api/cron", tags=["cron"])
@@ -22,4 +21,6 @@ def process_email_queue(
     Vercel Cron sends a GET with ``Authorization: Bearer $CRON_SECRET``; POST is for manual runs.
     A sync route: FastAPI runs it in its threadpool, where the drain is safe (no signals).
     """
+    from emailqueue import drain  # imported per use: cold starts import only what runs
+
     return drain(connection=connection, settings=settings).to_dict()

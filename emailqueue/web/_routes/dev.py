@@ -7,7 +7,6 @@ import html
 from fastapi import APIRouter, HTTPException, status
 from fastapi.responses import HTMLResponse
 
-from emailqueue._outbox import find_entry, list_outbox, render_html
 from emailqueue.web._deps import SettingsDep
 
 router = APIRouter(prefix="/api/dev", tags=["dev"], include_in_schema=False)
@@ -23,6 +22,8 @@ def _require_dev(settings: SettingsDep) -> None:
 def outbox_index(settings: SettingsDep) -> str:
     """Every email in the outbox, newest first, with links to each."""
     _require_dev(settings)
+    from emailqueue._outbox import list_outbox
+
     entries = list_outbox(settings.emailqueue_outbox_dir)
     rows = "".join(
         f"<tr><td>{html.escape(e.written_at)}</td><td>{html.escape(', '.join(e.payload.get('to', [])))}</td>"
@@ -43,6 +44,8 @@ def outbox_index(settings: SettingsDep) -> str:
 def outbox_entry(entry_id: str, settings: SettingsDep) -> str:
     """One email, rendered."""
     _require_dev(settings)
+    from emailqueue._outbox import find_entry, render_html
+
     entry = find_entry(entry_id, settings.emailqueue_outbox_dir)
     if entry is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no such email in the outbox")

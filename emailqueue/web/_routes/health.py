@@ -5,7 +5,6 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 from fastapi.responses import JSONResponse
 
-from emailqueue import health
 from emailqueue.web._deps import ConnectionDep
 
 router = APIRouter(prefix="/api", tags=["health"])
@@ -14,6 +13,8 @@ router = APIRouter(prefix="/api", tags=["health"])
 @router.get("/health")
 def get_health(connection: ConnectionDep) -> JSONResponse:
     """200 ``{"ok": true, "redis": {"ok", "latency_ms", "error"}}``, or 503 when Redis is down."""
+    from emailqueue import health
+
     result = health(connection)
     code = status.HTTP_200_OK if result.ok else status.HTTP_503_SERVICE_UNAVAILABLE
     return JSONResponse({"ok": result.ok, "redis": result.to_dict()}, status_code=code)
