@@ -132,6 +132,15 @@ def rows(m: dict[str, float], sizes: Sizes) -> list[Row]:
             cold,
             cpu <= 1.15,
         ),
+        Row(
+            "8c",
+            "Cold start incl. what the first cron run imports, wall (ms)",
+            m["stack_ms"],
+            m["first_run_ms"],
+            "informational",
+            True,
+            "",
+        ),
     ]
 
 

@@ -39,7 +39,7 @@ class Row:
         if self.baseline_note:
             base += f" {self.baseline_note}"
         ratio = "—" if self.ratio is None else f"{fmt(self.ratio)}x"
-        result = "PASS" if self.passed else "FAIL"
+        result = "—" if self.target == "informational" else "PASS" if self.passed else "FAIL"
         return (self.key, self.metric, base, fmt(self.value), ratio, self.target, result)
 
 
