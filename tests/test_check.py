@@ -17,16 +17,8 @@ from urllib.parse import quote
 import pytest
 import redis
 
-from emailqueue._check import (
-    PROBE_FUNC_PATH,
-    StepResult,
-    check_api_key,
-    locate_url,
-    main,
-    probe,
-    run_checks,
-    upstash_tls_hint,
-)
+from emailqueue._check import check_api_key, locate_url, main, run_checks
+from emailqueue._check_redis import PROBE_FUNC_PATH, StepResult, probe, upstash_tls_hint
 from emailqueue._embedded import EmbeddedRedis
 from emailqueue._settings import REDIS_URL_VARIABLES, Settings
 from emailqueue.testing import FakeResend
