@@ -20,18 +20,20 @@ if TYPE_CHECKING:
 def connect(
     url: str,
     *,
-    retries: int = 3,
-    socket_timeout: float = 10.0,
-    connect_timeout: float = 5.0,
-    backoff_cap: float = 1.0,
+    retries: int = 1,
+    socket_timeout: float = 2.0,
+    connect_timeout: float = 2.0,
+    backoff_cap: float = 0.5,
     ca_certs: str | None = None,
 ) -> redis.Redis:
     """A redis-py client for ``url`` (``redis://`` or ``rediss://``) with bounded retries.
 
-    A command that hits a dropped connection is retried ``retries`` times with exponential
-    backoff (capped at ``backoff_cap`` seconds), then raises. Nothing is sent at this point:
-    the connection opens on first use. No health-check PINGs, RESP2 and no ``CLIENT SETINFO``:
-    Upstash bills every command, and redis-py's default handshake (HELLO 3, CLIENT
+    A command that hits a dropped connection (Upstash closes idle ones) or no reply within
+    ``socket_timeout`` is retried ``retries`` times with exponential backoff (capped at
+    ``backoff_cap`` seconds), then raises: an unresponsive Redis costs a caller about 4 s, not
+    minutes. Every command emailqueue sends is a single atomic step, so a retry is safe.
+    Nothing is sent at this point: the connection opens on first use. No health-check PINGs,
+    RESP2 and no ``CLIENT SETINFO``: Upstash bills every command, and redis-py's default handshake (HELLO 3, CLIENT
     MAINT_NOTIFICATIONS, two CLIENT SETINFO) costs four round trips per new connection.
 
     ``ca_certs`` is a CA bundle to verify a ``rediss://`` server against (a self-signed or

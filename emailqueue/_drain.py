@@ -51,6 +51,9 @@ Stopped = Literal["empty", "max_jobs", "time_budget"]
 
 #: Extra seconds past a job's timeout before its execution counts as abandoned.
 ABANDON_GRACE_S = 30
+#: How long a job may sit in RQ's intermediate list, still queued, before it counts as left
+#: behind by a dead worker. A live worker moves it on within milliseconds.
+INTERMEDIATE_GRACE_S = 120
 #: How many due retries or abandoned jobs one step moves at most.
 STEP_LIMIT = 1000
 
@@ -164,16 +167,20 @@ class _Run:
         keys, report = self.keys, self.report
         with redis_errors("drain"):
             now = self.wall_clock()
+            # The idle probe: 3 commands, 1 round trip. A list exists only while it has items, so
+            # one EXISTS covers both the queue and RQ's intermediate list.
             with self.conn.pipeline(transaction=False) as pipe:
-                pipe.llen(keys.queue)
+                pipe.exists(keys.queue, keys.intermediate)
                 pipe.zcount(keys.scheduled, "-inf", now)
                 pipe.zcount(keys.started, "-inf", now)
-                queued, due, abandoned = pipe.execute()
+                lists, due, abandoned = pipe.execute()
             if due:
                 report.promoted = self._promote(now)
             if abandoned:
                 report.recovered = self._recover(now)
-            if queued or report.promoted or report.recovered:
+            if lists:
+                report.recovered += self._sweep(now)
+            if lists or report.promoted or report.recovered:
                 with ThreadPoolExecutor(
                     self.settings.concurrency, thread_name_prefix="emailqueue-send"
                 ) as pool:
@@ -195,7 +202,8 @@ class _Run:
         script = self.conn.register_script(_scripts.RECOVER)
         keys = self.keys
         requeued, failed = script(
-            keys=[keys.started, keys.queue, keys.failed], args=[now, keys.job_prefix, STEP_LIMIT]
+            keys=[keys.started, keys.queue, keys.failed, keys.intermediate],
+            args=[now, keys.job_prefix, STEP_LIMIT],
         )
         for raw_id in failed:
             job_id = raw_id.decode()
@@ -208,6 +216,18 @@ class _Run:
                 "requeued %d job(s) abandoned by a dead worker (same idempotency keys)", len(requeued)
             )
         return len(requeued) + len(failed)
+
+    def _sweep(self, now: float) -> int:
+        """Put back jobs a dead VM worker left in RQ's intermediate list (see _scripts.SWEEP)."""
+        script = self.conn.register_script(_scripts.SWEEP)
+        keys = self.keys
+        moved = script(
+            keys=[keys.intermediate, keys.queue, keys.intermediate_seen],
+            args=[now, INTERMEDIATE_GRACE_S, keys.job_prefix],
+        )
+        if moved:
+            log.warning("requeued %d job(s) a dead VM worker left in RQ's intermediate list", len(moved))
+        return len(moved)
 
     def _work(self, pool: ThreadPoolExecutor) -> None:
         """Rounds of: claim jobs, reserve a send slot for each, send them concurrently, settle."""

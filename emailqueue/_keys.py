@@ -5,20 +5,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rq import Queue
+from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from rq.scheduler import RQScheduler
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
+from ._constants import KEY_PREFIX
+
 
 @dataclass(frozen=True)
 class QueueKeys:
-    """``queue``: the job-id list; ``started`` (``rq:wip:<q>``), ``scheduled`` and ``failed``:
+    """``queue``: the job-id list; ``intermediate``: where RQ 3's worker parks a job it dequeues;
+    ``started`` (``rq:wip:<q>``), ``scheduled`` and ``failed``:
     RQ's registries; ``lock``: RQ's scheduler lock; ``workers``: the workers on the queue;
-    ``job_prefix``: prepend to a job id for its hash."""
+    ``intermediate_seen``: when a drain first saw each id there; ``job_prefix``: prepend to a job
+    id for its hash."""
 
     name: str
     queue: str
+    intermediate: str
+    intermediate_seen: str
     started: str
     scheduled: str
     failed: str
@@ -31,6 +38,8 @@ class QueueKeys:
         return cls(
             name=queue.name,
             queue=queue.key,
+            intermediate=IntermediateQueue.get_intermediate_queue_key(queue.key),
+            intermediate_seen=f"{KEY_PREFIX}intermediate-seen:{queue.name}",
             started=StartedJobRegistry(queue=queue).key,
             scheduled=ScheduledJobRegistry(queue=queue).key,  # type: ignore[no-untyped-call]
             failed=FailedJobRegistry(queue=queue).key,

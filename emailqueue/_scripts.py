@@ -56,7 +56,10 @@ return #ids
 #: to a worker that died (a drain killed at maxDuration, a SIGKILLed VM worker). Each job is
 #: requeued, keeping its payload and so its idempotency key, while it has attempts left;
 #: otherwise it is failed, never silently dropped. ZREM decides which drain recovers an entry.
-#: KEYS: wip, queue, failed. ARGV: now, job key prefix, limit.
+#: A job still ``queued`` was registered by a VM worker that died before its work horse started
+#: it (RQ registers the execution, then forks): nothing was sent, so it is requeued without
+#: spending an attempt, unless it is already back on the queue.
+#: KEYS: wip, queue, failed, intermediate. ARGV: now, job key prefix, limit.
 #: Returns {requeued ids, failed ids}.
 RECOVER: Final = """
 local now = tonumber(ARGV[1])
@@ -78,10 +81,47 @@ for _, m in ipairs(members) do
         redis.call('ZADD', KEYS[3], now + (tonumber(f[3]) or 31536000), id)
         failed[#failed + 1] = id
       end
+    elseif f[1] == 'queued' then
+      redis.call('LREM', KEYS[4], 0, id)
+      if not redis.call('LPOS', KEYS[2], id) then
+        redis.call('RPUSH', KEYS[2], id)
+        requeued[#requeued + 1] = id
+      end
     end
   end
 end
 return {requeued, failed}
+"""
+
+#: RQ 3's worker moves a job from the queue to ``<queue>:intermediate`` as it dequeues it, then
+#: registers the execution. A worker killed between the two leaves the job only there, where
+#: only a live RQ worker would find it. This puts such jobs back on the queue: a job still
+#: ``queued`` (no work horse started it) that has sat in the list longer than the grace period,
+#: as first seen by a drain. Jobs that are gone or started are forgotten (the started registry
+#: covers those). KEYS: intermediate, queue, first-seen hash. ARGV: now, grace, job key prefix.
+#: Returns the ids put back.
+SWEEP: Final = """
+local now, grace = tonumber(ARGV[1]), tonumber(ARGV[2])
+local ids = redis.call('LRANGE', KEYS[1], 0, 99)
+local moved = {}
+for _, id in ipairs(ids) do
+  local status = redis.call('HGET', ARGV[3] .. id, 'status')
+  if status == 'queued' then
+    local seen = tonumber(redis.call('HGET', KEYS[3], id))
+    if not seen then
+      redis.call('HSET', KEYS[3], id, now)
+    elseif now - seen > grace and redis.call('LREM', KEYS[1], 1, id) == 1 then
+      redis.call('RPUSH', KEYS[2], id)
+      redis.call('HDEL', KEYS[3], id)
+      moved[#moved + 1] = id
+    end
+  else
+    if not status then redis.call('LREM', KEYS[1], 0, id) end
+    redis.call('HDEL', KEYS[3], id)
+  end
+end
+if #ids > 0 then redis.call('EXPIRE', KEYS[3], 86400) end
+return moved
 """
 
 #: Give claimed jobs back (no send slot came in time): the reverse of CLAIM, at the queue's front.
