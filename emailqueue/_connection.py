@@ -33,8 +33,9 @@ def connect(
     ``backoff_cap`` seconds), then raises: an unresponsive Redis costs a caller about 4 s, not
     minutes. Every command emailqueue sends is a single atomic step, so a retry is safe.
     Nothing is sent at this point: the connection opens on first use. No health-check PINGs,
-    RESP2 and no ``CLIENT SETINFO``: Upstash bills every command, and redis-py's default handshake (HELLO 3, CLIENT
-    MAINT_NOTIFICATIONS, two CLIENT SETINFO) costs four round trips per new connection.
+    RESP2 and no ``CLIENT SETINFO``: Upstash bills every command, and redis-py's default
+    handshake (HELLO 3, CLIENT MAINT_NOTIFICATIONS, two CLIENT SETINFO) costs four round trips
+    per new connection.
 
     ``ca_certs`` is a CA bundle to verify a ``rediss://`` server against (a self-signed or
     private CA); by default the system's trust store is used.
