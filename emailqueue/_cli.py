@@ -10,7 +10,6 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import IO, Any
 
 from ._exceptions import EmailQueueError
@@ -193,7 +192,9 @@ def _cmd_worker(args: argparse.Namespace, out: IO[str]) -> int:
     settings = load_settings()
     url = settings.require_redis_url()
     argv = [
-        str(Path(sys.executable).with_name("rq")),
+        sys.executable,
+        "-m",
+        "emailqueue._worker",
         "worker",
         "--with-scheduler",
         "--serializer",
@@ -205,7 +206,9 @@ def _cmd_worker(args: argparse.Namespace, out: IO[str]) -> int:
     if args.burst:
         argv.append("--burst")
     out.flush()
-    os.execv(argv[0], argv)  # the documented command, exactly: `rq worker ...`
+    # RQ's own CLI with the documented arguments (`rq worker --with-scheduler --serializer json
+    # --url ... emails`), run with emailqueue preloaded so forked work horses inherit it.
+    os.execv(argv[0], argv)
 
 
 def _cmd_dev(args: argparse.Namespace, out: IO[str]) -> int:

@@ -138,11 +138,10 @@ class DevRunner:
                 str(self.port),
             ]
             self._spawn("api", [*api, "--reload"] if self.reload else api, env)
-            rq = str(Path(sys.executable).with_name("rq"))
+            # `rq worker --with-scheduler --serializer json --url URL emails`, with emailqueue preloaded.
+            rq = [sys.executable, "-m", "emailqueue._worker", "worker"]
             queue = self.settings.email_queue_name
-            self._spawn(
-                "worker", [rq, "worker", "--with-scheduler", "--serializer", "json", "--url", url, queue], env
-            )
+            self._spawn("worker", [*rq, "--with-scheduler", "--serializer", "json", "--url", url, queue], env)
             self.say(f"API on http://{self.host}:{self.port}  -  Ctrl-C stops everything")
             while not self._stop.wait(0.2):
                 if any(child.poll() is not None for child in self._children):
