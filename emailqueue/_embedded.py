@@ -347,7 +347,11 @@ class EmbeddedRedis:
         with log_path.open("ab") as log:
             offset = log.tell()
             try:
-                proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+                # Its own session: a Ctrl-C in the terminal reaches `emailqueue dev`, which stops
+                # the worker first and this server last, never the server under a working worker.
+                proc = subprocess.Popen(
+                    args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+                )
             except OSError as exc:
                 raise EmbeddedRedisError(f"cannot run {args[0]!r}: {exc}") from exc
         try:
