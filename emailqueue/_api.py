@@ -55,12 +55,19 @@ def send_email(
     """
     if message is not None and fields:
         raise TypeError("pass either an EmailMessage or keyword fields, not both")
+    if message is not None and not isinstance(message, EmailMessage):
+        raise TypeError(
+            f"send_email takes an EmailMessage or keyword fields (to=..., subject=...), "
+            f"not a {type(message).__name__}"
+        )
     settings = settings or load_settings()
     email = build_message(message if message is not None else fields, default_from=settings.email_from)
     dedup = None
     if idempotency_key is not None:
-        if not isinstance(idempotency_key, str) or not 1 <= len(idempotency_key) <= 200:
-            raise InvalidEmailError([FieldProblem("idempotency_key", "must be a string of 1-200 characters")])
+        if not _is_text(idempotency_key, 200):
+            raise InvalidEmailError(
+                [FieldProblem("idempotency_key", "must be a UTF-8 string of 1-200 characters")]
+            )
         dedup = ["key", idempotency_key]
     q = resolve_queue(settings, connection, queue)
     job = prepare_single(email, queue=q, settings=settings, dedup=dedup)
@@ -104,11 +111,23 @@ def send_event_email(
     """
     settings = settings or load_settings()
     problems: list[FieldProblem] = []
-    if not isinstance(event_id, str) or not event_id.strip() or len(event_id) > 200:
-        problems.append(FieldProblem("event_id", "must be a non-empty string of at most 200 characters"))
+    if not _is_text(event_id, 200) or not event_id.strip():
+        problems.append(
+            FieldProblem("event_id", "must be a non-empty UTF-8 string of at most 200 characters")
+        )
     if not isinstance(recipients, list | tuple) or not recipients:
         problems.append(FieldProblem("recipients", "must be a non-empty list of addresses"))
         recipients = []
+    elif len(recipients) > MAX_EVENT_RECIPIENTS:
+        raise InvalidEmailError(
+            [
+                FieldProblem(
+                    "recipients",
+                    f"has {len(recipients)} addresses; one call takes at most {MAX_EVENT_RECIPIENTS}. "
+                    "Split the list: calls for the same event are deduplicated per recipient",
+                )
+            ]
+        )
     unique: dict[str, str] = {}
     for i, address in enumerate(recipients):
         try:
@@ -156,6 +175,21 @@ def send_event_email(
             if dedup_key(dedup_digest(q.name, "event", event_id, n), q) not in taken
         }
     raise QueueError("send_event_email: the recipients kept changing under concurrent calls; try again")
+
+
+#: The most recipients one send_event_email call takes (its writes must stay small for Redis).
+MAX_EVENT_RECIPIENTS = 10_000
+
+
+def _is_text(value: object, longest: int) -> bool:
+    """A str of 1..longest characters that encodes to UTF-8 (no lone surrogates)."""
+    if not isinstance(value, str) or not 1 <= len(value) <= longest:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 #: Each round drops the recipients another call already queued, so this is rarely more than 2.

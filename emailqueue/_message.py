@@ -32,15 +32,22 @@ MAX_TOTAL_BYTES = 40 * 1024 * 1024  # Resend: 40 MB per email after base64
 MAX_TAGS = 50  # our own bound: Resend sets none, and a huge list is a bug upstream
 MAX_TAG_CHARS = 256
 MAX_SCHEDULE_AHEAD = timedelta(days=30)
+MAX_HEADER_CHARS = 998  # RFC 5322: a header line is at most 998 characters
 
 _TAG_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 # RFC 5322 field name: printable ASCII except ':' and space.
 _HEADER_NAME_RE = re.compile(r"^[!-9;-~]+$")
 
 
+#: Line breaks and controls that split or truncate a header somewhere along the way: CR, LF, the
+#: other C0 controls but TAB (NUL truncates in C mail servers; VT and FF are line breaks to
+#: Python's email package), DEL, NEL and the Unicode line and paragraph separators.
+_HEADER_BREAKERS = re.compile("[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
+
+
 def _no_crlf(value: str) -> str:
-    if "\r" in value or "\n" in value:
-        raise ValueError("must not contain CR or LF (header injection)")
+    if _HEADER_BREAKERS.search(value):
+        raise ValueError("must not contain CR, LF or other control characters (header injection)")
     return value
 
 
@@ -57,8 +64,14 @@ def check_address(value: str) -> str:
     # Imported here: the cron function never validates an address, and cold starts count.
     from email_validator import EmailNotValidError, validate_email
 
+    if not isinstance(value, str):
+        raise ValueError("must be an address string")
+    if len(value) > MAX_HEADER_CHARS:
+        raise ValueError(f"is longer than {MAX_HEADER_CHARS} characters")
     _no_crlf(_utf8(value))
-    _, addr = split_address(value)
+    name, addr = split_address(value)
+    if any(c in name for c in '<>"'):
+        raise ValueError('the display name must not contain <, > or " (write: Name <addr@example.com>)')
     try:
         validate_email(addr, check_deliverability=False)
     except EmailNotValidError as exc:
@@ -192,6 +205,8 @@ class EmailMessage(BaseModel):
                 _no_crlf(_utf8(header))
             except ValueError as exc:
                 raise ValueError(f"header {name!r} {exc}") from None
+            if len(header) > MAX_HEADER_CHARS:
+                raise ValueError(f"header {name!r} is longer than {MAX_HEADER_CHARS} characters")
         return value
 
     @field_validator("send_at")
@@ -230,6 +245,10 @@ def approximate_size(message: EmailMessage) -> int:
         len((s or "").encode("utf-8", "replace")) for s in (message.html, message.text, message.subject)
     )
     size += sum(len(a.content or "") for a in message.attachments or [])
+    size += sum(
+        len(k.encode("utf-8", "replace")) + len(v.encode("utf-8", "replace"))
+        for k, v in (message.headers or {}).items()
+    )
     return size
 
 

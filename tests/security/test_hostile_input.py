@@ -9,7 +9,7 @@ character (NUL, VT, FF, ESC, ...; C0 except TAB, DEL, C1's NEL) and U+2028/U+202
 fields that become header lines (subject, header values, display names): Python's ``email``
 package and ``str.splitlines()`` split lines on VT, FF, FS/GS/RS, NEL, U+2028 and U+2029, NUL
 truncates header values in C-based MTAs, and none of them has a legitimate use in a one-line
-header. Those cases are DEFECT xfails below: today only CR and LF are refused.
+header. All of them are refused.
 """
 
 from __future__ import annotations
@@ -283,7 +283,7 @@ def test_message_and_keyword_fields_together_is_a_type_error(
 
 
 # ---------------------------------------------------------------------------------------------
-# Defects: each test states the behaviour we want; today it fails (strict xfail).
+# Found by this suite as defects and fixed since; kept as regression tests.
 # ---------------------------------------------------------------------------------------------
 
 CONTROL: dict[str, tuple[str, dict[str, Any]]] = {
@@ -300,11 +300,6 @@ CONTROL: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT: _message._no_crlf refuses only CR and LF; other control characters and "
-    "U+2028/U+2029/NEL pass into header fields",
-)
 @pytest.mark.parametrize("name", list(CONTROL))
 def test_control_characters_and_unicode_line_breaks_in_header_fields_are_refused(
     name: str, conn: redis.Redis, settings: Settings, canary: int
@@ -316,11 +311,6 @@ def test_control_characters_and_unicode_line_breaks_in_header_fields_are_refused
     assert conn.dbsize() == canary
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT: _message.approximate_size counts html, text, subject and attachment content only; "
-    "custom header values are unbounded",
-)
 @pytest.mark.parametrize(
     "hostile",
     [
@@ -342,11 +332,6 @@ def test_over_40_mb_of_custom_headers_is_refused(
     assert conn.dbsize() == canary
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT: _enqueue.dedup_digest encodes the key/event id as UTF-8 unchecked: "
-    "UnicodeEncodeError instead of InvalidEmailError",
-)
 @pytest.mark.parametrize("which", ["idempotency_key", "event_id"])
 def test_a_lone_surrogate_in_an_idempotency_key_or_event_id_is_an_invalid_email(
     which: str, conn: redis.Redis, settings: Settings, canary: int
@@ -360,10 +345,6 @@ def test_a_lone_surrogate_in_an_idempotency_key_or_event_id_is_an_invalid_email(
     assert conn.dbsize() == canary
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT: _message.build_message calls data.get() on a non-dict message: AttributeError",
-)
 @pytest.mark.parametrize("message", ["ada@example.com", 42, ["ada@example.com"]], ids=["str", "int", "list"])
 def test_a_positional_message_that_is_not_an_email_message_is_a_type_error(
     message: Any, conn: redis.Redis, settings: Settings, canary: int
@@ -375,11 +356,6 @@ def test_a_positional_message_that_is_not_an_email_message_is_a_type_error(
     assert conn.dbsize() == canary
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT: _api.send_event_email reports a non-string recipient with the raw AttributeError "
-    "text (\"'int' object has no attribute 'encode'\")",
-)
 def test_a_non_string_recipient_gets_a_plain_message(
     conn: redis.Redis, settings: Settings, canary: int
 ) -> None:
@@ -394,11 +370,6 @@ def test_a_non_string_recipient_gets_a_plain_message(
 MAX_EVENT_RECIPIENTS = 10_000  # proposed cap; see the reply to issue 5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT: send_event_email has no recipient cap: 10,001 recipients go into one Lua call "
-    "(101 chunk jobs, 10,001 markers) that can exceed Upstash's 10 MB request limit",
-)
 def test_more_than_10000_event_recipients_are_refused_before_anything_is_written(
     conn: redis.Redis, settings: Settings, canary: int
 ) -> None:
@@ -410,11 +381,6 @@ def test_more_than_10000_event_recipients_are_refused_before_anything_is_written
     assert conn.dbsize() == canary
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT: _message._NAMED_ADDRESS_RE backtracks cubically on whitespace (ReDoS): a 1,200-char "
-    "address takes seconds, 4,000 chars over a minute",
-)
 @pytest.mark.parametrize("conn", ["fake"], indirect=True)
 def test_a_long_whitespace_padded_address_is_refused_at_once(
     conn: redis.Redis, settings: Settings, canary: int
