@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from ._resend import ResendClient, build_http_client
     from ._settings import Settings, load_settings
     from ._status import Health, QueueStatus, RequeueReport, health, queue_status, requeue_failed
+    from ._worker import EmailJob
 
 # The rest is imported on first use: a cold serverless function pays only for what it touches.
 _LAZY = {
@@ -38,6 +39,7 @@ _LAZY = {
     "DrainReport": "_drain",
     "drain": "_drain",
     "configure_worker": "_jobs",
+    "EmailJob": "_worker",
     "Attachment": "_message",
     "EmailMessage": "_message",
     "Tag": "_message",
@@ -71,6 +73,7 @@ __all__ = [
     "Attachment",
     "ConfigurationError",
     "DrainReport",
+    "EmailJob",
     "EmailMessage",
     "EmailQueueError",
     "FieldProblem",

@@ -166,10 +166,12 @@ class _RedisChecks:
                 return "ok", "not used (redis://): fine for localhost or a private network", ""
             fix = "use rediss:// if the server supports TLS"
             return "warn", "not used (redis://): the password and emails cross the network unencrypted", fix
+        # The CA as redis-py (and so rq worker) would use it: the setting, else ?ssl_ca_certs=.
+        ca_cert = self.ca_cert or self.opts.get("ssl_ca_certs")
         try:
             context = ssl.create_default_context()
-            if self.ca_cert:
-                context.load_verify_locations(self.ca_cert)
+            if ca_cert:
+                context.load_verify_locations(ca_cert)
             verify = str(self.opts.get("ssl_cert_reqs", "required")).lower() not in ("none", "cert_none")
             if not verify:
                 context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
@@ -179,7 +181,7 @@ class _RedisChecks:
             ):
                 version = tls.version()
         except FileNotFoundError:
-            raise _Fail(f"CA file {self.ca_cert} not found", "fix QUEUE_REDIS_CA_CERT or --ca-cert") from None
+            raise _Fail(f"CA file {ca_cert} not found", "fix QUEUE_REDIS_CA_CERT or --ca-cert") from None
         except ssl.SSLCertVerificationError as exc:
             fix = (
                 "for a private CA or a self-signed certificate, pass it with --ca-cert or QUEUE_REDIS_CA_CERT"

@@ -188,27 +188,14 @@ def _cmd_send(args: argparse.Namespace, out: IO[str]) -> int:
 
 def _cmd_worker(args: argparse.Namespace, out: IO[str]) -> int:
     from ._settings import load_settings
+    from ._worker import worker_command
 
     settings = load_settings()
-    url = settings.require_redis_url()
-    argv = [
-        sys.executable,
-        "-m",
-        "emailqueue._worker",
-        "worker",
-        "--with-scheduler",
-        "--serializer",
-        "json",
-        "--url",
-        url,
-        settings.email_queue_name,
-    ]
-    if args.burst:
-        argv.append("--burst")
+    argv, env = worker_command(settings, settings.require_redis_url(), burst=args.burst)
     out.flush()
-    # RQ's own CLI with the documented arguments (`rq worker --with-scheduler --serializer json
-    # --url ... emails`), run with emailqueue preloaded so forked work horses inherit it.
-    os.execv(argv[0], argv)
+    # RQ's own CLI: `rq worker --with-scheduler --serializer json emails`, with the URL in the
+    # environment (not argv), emailqueue's job class, and emailqueue preloaded.
+    os.execve(argv[0], argv, {**os.environ, **env})
 
 
 def _cmd_dev(args: argparse.Namespace, out: IO[str]) -> int:

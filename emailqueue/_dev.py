@@ -24,6 +24,7 @@ from ._embedded import EmbeddedRedis
 from ._exceptions import ConfigurationError
 from ._redact import redact_url
 from ._settings import Settings, load_settings
+from ._worker import worker_command
 
 DEFAULT_PROBE_URL = "redis://127.0.0.1:6379/0"
 STOP_TIMEOUT_S = 10.0
@@ -138,10 +139,9 @@ class DevRunner:
                 str(self.port),
             ]
             self._spawn("api", [*api, "--reload"] if self.reload else api, env)
-            # `rq worker --with-scheduler --serializer json --url URL emails`, with emailqueue preloaded.
-            rq = [sys.executable, "-m", "emailqueue._worker", "worker"]
-            queue = self.settings.email_queue_name
-            self._spawn("worker", [*rq, "--with-scheduler", "--serializer", "json", "--url", url, queue], env)
+            # `rq worker --with-scheduler --serializer json emails`, hardened and preloaded.
+            argv, worker_env = worker_command(self.settings, url)
+            self._spawn("worker", argv, {**env, **worker_env})
             self.say(f"API on http://{self.host}:{self.port}  -  Ctrl-C stops everything")
             while not self._stop.wait(0.2):
                 if any(child.poll() is not None for child in self._children):

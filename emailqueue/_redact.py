@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import re
 
+_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^\s/@:]*):[^\s/@]*@")
+_RESEND_KEY = re.compile(r"\bre_[A-Za-z0-9_]{6,}")
 _EMAIL_RE = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 
 
-def redact_text(text: str) -> str:
-    """Mask every email address in free text (Resend's error messages may quote one)."""
+def redact_text(text: str, *secrets: str) -> str:
+    """Mask what must not be shown in free text: email addresses (Resend's messages may quote
+    one), Resend API keys, URL credentials, and any of ``secrets`` given literally."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    text = _URL_CREDENTIALS.sub(r"\1\2:***@", text)
+    text = _RESEND_KEY.sub("re_***", text)
     return _EMAIL_RE.sub(lambda m: mask_email(m.group(0)), text)
 
 

@@ -47,8 +47,13 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, when - (time.time() if now is None else now))
 
 
-def error_from_response(response: httpx.Response) -> SendError:
-    """Map a non-2xx Resend reply to the right :class:`SendError` subclass."""
+def error_from_response(response: httpx.Response, *secrets: str) -> SendError:
+    """Map a non-2xx Resend reply to the right :class:`SendError` subclass.
+
+    The message is redacted here, once, before it can reach a log, a job record or a traceback:
+    addresses are masked, and API keys (``secrets`` literally, and anything shaped like one) and
+    URL credentials are removed.
+    """
     status = response.status_code
     try:
         body = response.json()
@@ -57,7 +62,7 @@ def error_from_response(response: httpx.Response) -> SendError:
     if not isinstance(body, dict):
         body = {}
     name = str(body.get("name") or f"http_{status}")
-    message = redact_text(str(body.get("message") or response.reason_phrase or "no message"))
+    message = redact_text(str(body.get("message") or response.reason_phrase or "no message"), *secrets)
     retry_after = parse_retry_after(response.headers.get("retry-after"))
     kwargs: dict[str, Any] = {"status_code": status, "name": name, "retry_after": retry_after}
     if status == 429 and name in _QUOTA_NAMES:
@@ -105,6 +110,7 @@ class ResendClient:
     def __init__(self, http: httpx.Client, *, api_key: str, base_url: str = "https://api.resend.com") -> None:
         self._http = http
         self._base_url = base_url.rstrip("/")
+        self._api_key = api_key
         self._headers = {"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT}
 
     def send(self, email: dict[str, Any], *, idempotency_key: str) -> str:
@@ -135,7 +141,7 @@ class ResendClient:
         if not isinstance(data, list):
             raise RetryableSendError("Resend replied 200 to a batch without 'data'", name="bad_reply")
         errors = {
-            int(e["index"]): redact_text(str(e.get("message", "rejected")))
+            int(e["index"]): redact_text(str(e.get("message", "rejected")), self._api_key)
             for e in reply.get("errors") or []
             if isinstance(e, dict) and isinstance(e.get("index"), int)
         }
@@ -150,7 +156,7 @@ class ResendClient:
         except httpx.HTTPError as exc:
             raise error_from_exception(exc) from exc
         if not response.is_success:
-            raise error_from_response(response)
+            raise error_from_response(response, self._api_key)
         try:
             return response.json()
         except ValueError as exc:

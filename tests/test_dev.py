@@ -115,7 +115,8 @@ def test_dev_runs_api_and_worker_on_embedded_redis_with_outbox(tmp_path: Path) -
     assert "[api]" in output and "[worker]" in output
     assert not pid_alive(server_pid), "the embedded server is still running"
     assert not state.exists()
-    for pattern in (f"--port {port}", redis_url):  # the API, the worker
+    # The API, and the worker (its Redis URL is in its environment, not its command line).
+    for pattern in (f"--port {port}", "emailqueue._worker worker --with-scheduler --serializer json emails$"):
         orphans = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
         assert orphans.strip() == "", f"orphan process matching {pattern!r}: {orphans}"
 

@@ -4,6 +4,7 @@ EXPECTED = [
     "Attachment",
     "ConfigurationError",
     "DrainReport",
+    "EmailJob",
     "EmailMessage",
     "EmailQueueError",
     "FieldProblem",

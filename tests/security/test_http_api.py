@@ -361,11 +361,6 @@ def test_admin_replies_never_reveal_addresses_bodies_keys_or_passwords(
         assert secret not in text, secret
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT: _redact.redact_url reads SplitResult.port, which raises ValueError on a non-numeric "
-    "port: the ConfigurationError becomes an unhandled 500 (and a crash in `emailqueue check`)",
-)
 def test_a_malformed_redis_url_is_a_503_that_names_the_variable_but_not_the_password(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -169,11 +169,6 @@ def test_the_stock_rq_worker_refuses_a_pickle_payload_and_malformed_jobs_fail_al
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT: a stock `rq worker --serializer json` imports and calls whatever function a planted "
-    "JSON job names (JSON stops pickle gadgets, not arbitrary calls); `emailqueue worker` adds no allowlist",
-)
 def test_the_vm_worker_does_not_run_a_planted_job_naming_another_function(
     real_conn: redis.Redis, redis_url: str, settings: Settings, fake_resend: FakeResend, tmp_path: Path
 ) -> None:

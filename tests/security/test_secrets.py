@@ -266,11 +266,6 @@ def test_no_secret_and_no_full_address_anywhere_in_a_full_run(
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT: _resend.error_from_response redacts addresses only (redact_text), not API keys or "
-    "URL credentials: the message goes raw into logs, job meta, RQ's exc_info and the worker's traceback",
-)
 def test_a_resend_error_quoting_the_api_key_reaches_no_log_worker_output_or_stored_record(
     conn: redis.Redis,
     settings: Settings,
@@ -305,11 +300,6 @@ def test_a_resend_error_quoting_the_api_key_reaches_no_log_worker_output_or_stor
     record.assert_clean()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT: _cli._cmd_worker execs `rq worker ... --url <QUEUE_REDIS_URL>`: the Redis password "
-    "is in the process's argv (ps, /proc/<pid>/cmdline) for every local user",
-)
 def test_the_vm_worker_command_keeps_the_redis_password_out_of_its_command_line(
     env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -294,11 +294,6 @@ def test_a_stock_rq_worker_delivers_over_tls_with_the_ca_in_the_url(
 # --- defects ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT: _cli._cmd_worker passes only QUEUE_REDIS_URL to `rq worker`; QUEUE_REDIS_CA_CERT is "
-    "ignored, so the VM worker cannot verify a private-CA rediss:// server",
-)
 def test_emailqueue_worker_uses_queue_redis_ca_cert(
     certs: Certs, admin: redis.Redis, fake_resend: FakeResend, deploy_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -312,11 +307,6 @@ def test_emailqueue_worker_uses_queue_redis_ca_cert(
     assert [e.to[0] for e in fake_resend.accepted] == ["a@example.com"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT: _check_redis._RedisChecks.tls ignores the URL's ssl_ca_certs parameter (which redis-py, "
-    "`rq worker` and the auth step honour): the TLS step fails a URL that works",
-)
 def test_the_check_honours_ssl_ca_certs_in_the_url(
     url: str, certs: Certs, capsys: pytest.CaptureFixture[str], deploy_env: dict[str, str]
 ) -> None:
