@@ -273,19 +273,21 @@ class _Run:
             interval = self.limiter.interval
             futures = [pool.submit(self._send, row, wait + i * interval) for i, row in enumerate(rows)]
             done: list[_Claimed] = []
-            for row, future in zip(rows, futures, strict=True):
-                error = future.exception()
-                report.processed += 1
-                if error is None:
-                    done.append(row)
-                    outcome = future.result()
-                    report.sent += outcome.sent
-                    report.failed += len(outcome.rejected)
-                else:
-                    self._fail(row, error)
-                if self.on_progress is not None:
-                    self.on_progress(report)
-            self._ack(done)
+            try:
+                for row, future in zip(rows, futures, strict=True):
+                    error = future.exception()
+                    report.processed += 1
+                    if error is None:
+                        done.append(row)
+                        outcome = future.result()
+                        report.sent += outcome.sent
+                        report.failed += len(outcome.rejected)
+                    else:
+                        self._fail(row, error)
+                    if self.on_progress is not None:
+                        self.on_progress(report)
+            finally:
+                self._ack(done)  # whatever else happens, what was sent is never sent again
 
     def _send(self, row: _Claimed, delay: float) -> Outcome:
         """Runs in the pool: wait for this job's send slot, send, record rejected recipients."""
@@ -319,14 +321,21 @@ class _Run:
             pipe.execute()
 
     def _fail(self, row: _Claimed, exc: BaseException) -> None:
-        """Retry or fail a job through RQ's own Job API, exactly as a VM worker would."""
+        """Retry or fail a job through RQ's own Job API, exactly as a VM worker would. A job hash
+        RQ cannot even read (garbage fields) is failed directly, alone."""
         if isinstance(exc, SendError):
             error: SendError = exc
         else:
             log.error("unexpected error sending job %s: %r", row.job_id, exc)
             error = RetryableSendError(repr(exc)[:300], name="internal_error")
-        job = Job.fetch(row.job_id, connection=self.conn, serializer=JSONSerializer)
-        apply_failure_policy(job, error, self.settings)
+        try:
+            job = Job.fetch(row.job_id, connection=self.conn, serializer=JSONSerializer)
+            apply_failure_policy(job, error, self.settings)
+        except Exception as unreadable:
+            log.error("job %s is unreadable (%r): failed", row.job_id, unreadable)
+            reason = f"the job hash is unreadable: {unreadable!r}"[:300]
+            self._fail_unreadable(row, PermanentSendError(reason, name="bad_payload"))
+            return
         with self.conn.pipeline() as pipe:
             pipe.zrem(self.keys.started, row.member)
             if job.should_retry:
@@ -340,6 +349,25 @@ class _Run:
                 Result.create_failure(job, job.failure_ttl, exc_string=str(error), pipeline=pipe)
                 self.report.failed += 1
             pipe.execute()
+
+    def _fail_unreadable(self, row: _Claimed, error: PermanentSendError) -> None:
+        """Fail a job without RQ's Job API (it cannot load it): status, our record, the registry."""
+        record = {
+            META_KEY: {
+                "attempts": 1,
+                "error": {"name": error.name, "message": error.message, "status_code": None},
+                "failed_at": datetime.now(UTC).isoformat(),
+                "next_retry_in_s": None,
+            }
+        }
+        with self.conn.pipeline() as pipe:
+            pipe.zrem(self.keys.started, row.member)
+            pipe.hset(
+                self.keys.job_prefix + row.job_id, mapping={"status": "failed", "meta": json.dumps(record)}
+            )
+            pipe.zadd(self.keys.failed, {row.job_id: self.wall_clock() + self.settings.email_failure_ttl_s})
+            pipe.execute()
+        self.report.failed += 1
 
 
 def _note_failure(queue: Queue, job_id: str, name: str, message: str) -> None:

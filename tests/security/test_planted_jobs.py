@@ -192,11 +192,6 @@ def test_the_vm_worker_does_not_run_a_planted_job_naming_another_function(
     assert failed_ids(Queue("emails", connection=real_conn)) == {"foreign"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT: _drain._Run._fail calls Job.fetch/apply_failure_policy unguarded: one job hash with "
-    "a garbage RQ field raises out of drain(), the round's sent jobs are never acked",
-)
 @pytest.mark.parametrize(
     "fields",
     [
