@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -161,20 +162,48 @@ def send_event_email(
     token = uuid.uuid4().hex
     for _ in range(MAX_WRITE_ROUNDS):
         jobs = _plan(pending, batchable, q, settings, event_id)
-        result = write_jobs(q.connection, q, jobs, settings.email_dedup_ttl_s, token)
-        if not result.taken:
-            return queued + result.queued
-        # Some recipients are already queued or sent for this event. Markers holding our own
-        # token were set by an earlier attempt of this very call (a retried request).
-        ours = {guard for guard, holder in result.taken.items() if holder == token}
-        queued += [job.job_id for job in jobs if job.guards and set(job.guards) <= ours]
-        taken = set(result.taken)
-        pending = {
-            n: m
-            for (n, m) in pending.items()
-            if dedup_key(dedup_digest(q.name, "event", event_id, n), q) not in taken
-        }
+        taken: dict[str, str] = {}
+        # One atomic write if it fits Upstash's request limit; otherwise several, each atomic.
+        for group in _write_groups(jobs):
+            result = write_jobs(q.connection, q, group, settings.email_dedup_ttl_s, token)
+            if result.taken:
+                taken = result.taken
+                # Markers holding our own token were set by an earlier attempt of this very call
+                # (a request redis-py retried after losing the reply): those jobs are queued.
+                ours = {guard for guard, holder in taken.items() if holder == token}
+                queued += [job.job_id for job in group if job.guards and set(job.guards) <= ours]
+                break
+            queued += result.queued
+            done = {key for job in group for key in job.guards}
+            pending = {n: m for n, m in pending.items() if _guard(q, event_id, n) not in done}
+        if not taken:
+            return queued
+        # Some recipients are already queued or sent for this event: leave them out, go again.
+        pending = {n: m for n, m in pending.items() if _guard(q, event_id, n) not in taken}
     raise QueueError("send_event_email: the recipients kept changing under concurrent calls; try again")
+
+
+def _guard(queue: Queue, event_id: str, normalized: str) -> str:
+    return dedup_key(dedup_digest(queue.name, "event", event_id, normalized), queue)
+
+
+#: Upstash takes at most 10 MB per request (PLATFORM_FACTS): one enqueue script call carries at
+#: most this much job data, and one chunk job at most a quarter of it.
+WRITE_BUDGET_BYTES = 8 * 1024 * 1024
+CHUNK_BUDGET_BYTES = WRITE_BUDGET_BYTES // 4
+
+
+def _write_groups(jobs: list[PreparedJob]) -> list[list[PreparedJob]]:
+    groups: list[list[PreparedJob]] = [[]]
+    size = 0
+    for job in jobs:
+        job_size = sum(len(v) if isinstance(v, bytes | str) else 8 for v in job.mapping.values())
+        if groups[-1] and size + job_size > WRITE_BUDGET_BYTES:
+            groups.append([])
+            size = 0
+        groups[-1].append(job)
+        size += job_size
+    return groups
 
 
 #: The most recipients one send_event_email call takes (its writes must stay small for Redis).
@@ -203,9 +232,13 @@ def _plan(
     go through Resend's batch endpoint (attachments, send_at) or there is only one recipient."""
     items = list(pending.items())
     if batchable and len(items) > 1:
+        # Up to 100 a chunk (Resend's batch limit), fewer when each email is big, so that a chunk
+        # job stays well under Upstash's request limit.
+        per_email = len(json.dumps(items[0][1].to_resend(settings.email_from)).encode()) + 64
+        size = max(1, min(MAX_BATCH, CHUNK_BUDGET_BYTES // per_email))
         return [
-            prepare_batch(items[i : i + MAX_BATCH], queue=queue, settings=settings, event_id=event_id)
-            for i in range(0, len(items), MAX_BATCH)
+            prepare_batch(items[i : i + size], queue=queue, settings=settings, event_id=event_id)
+            for i in range(0, len(items), size)
         ]
     return [
         prepare_single(

@@ -401,11 +401,6 @@ def test_a_long_whitespace_padded_address_is_refused_at_once(
 UPSTASH_MAX_REQUEST = 10 * MB  # PLATFORM_FACTS "Upstash Redis": 10 MB per request
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT: _enqueue.write_jobs sends a whole fan-out in one EVALSHA, and each chunk job holds "
-    "100 copies of the body: 400 recipients of a 78 KB newsletter is one 14 MB command",
-)
 def test_no_enqueue_command_exceeds_upstash_request_limit(
     conn: redis.Redis, settings: Settings, canary: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
