@@ -21,6 +21,7 @@ from rq.serializers import JSONSerializer
 from emailqueue import Settings
 from emailqueue._embedded import EmbeddedRedis
 from emailqueue.testing import FakeResend
+from tests.helpers.api_client import MakeClient, client_factory
 
 EXTERNAL_URL = os.environ.get("EMAILQUEUE_TEST_REDIS_URL")
 
@@ -75,6 +76,13 @@ def settings(fake_resend: FakeResend) -> Settings:
         resend_connect_timeout_s=1,
         resend_rate_limit=0,  # unlimited: the rate-limit tests turn it on themselves
     )
+
+
+@pytest.fixture
+def make_client(settings: Settings) -> Iterator[MakeClient]:
+    """``make_client(connection, **setting_overrides)``: a TestClient on a fresh app whose settings
+    (with ``CRON_SECRET`` and ``QUEUE_ADMIN_TOKEN`` set) and Redis connection are the test's."""
+    yield from client_factory(settings)
 
 
 @pytest.fixture

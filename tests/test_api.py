@@ -10,8 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,6 @@ import fakeredis
 import httpx
 import pytest
 import redis
-from pydantic import SecretStr
 
 from emailqueue import Settings, drain, send_email
 from emailqueue._connection import connect
@@ -27,59 +25,28 @@ from emailqueue._embedded import EmbeddedRedis
 from emailqueue.testing import FakeResend
 from emailqueue.web import create_app
 from emailqueue.web._deps import get_connection, get_settings
-
-with warnings.catch_warnings():
-    # Starlette's TestClient prefers httpx2 now; httpx, already a dependency, works the same.
-    warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient`")
-    from fastapi.testclient import TestClient
+from tests.helpers.api_client import (
+    ADMIN_TOKEN,
+    CRON,
+    CRON_SECRET,
+    REQUEUE,
+    STATUS,
+    MakeClient,
+    TestClient,
+    bearer,
+    with_secrets,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-CRON = "/api/cron/process-email-queue"
-STATUS = "/api/admin/queue-status"
-REQUEUE = "/api/admin/failed/requeue"
-CRON_SECRET = "cron-secret-0123456789"
-ADMIN_TOKEN = "admin-token-9876543210"
 HTML = "<p>secret-html-body</p>"
 TEXT = "secret-text-body"
 
-Client = Callable[..., TestClient]
-
-
-def with_secrets(settings: Settings, **update: Any) -> Settings:
-    values: dict[str, Any] = {
-        "cron_secret": SecretStr(CRON_SECRET),
-        "queue_admin_token": SecretStr(ADMIN_TOKEN),
-        **update,
-    }
-    return settings.model_copy(update=values)
-
-
-@pytest.fixture
-def make_client(settings: Settings) -> Iterator[Client]:
-    """``make_client(connection, **setting_overrides)``: a TestClient on a fresh app whose
-    settings and Redis connection are the test's."""
-    clients: list[TestClient] = []
-
-    def make(connection: redis.Redis, *, raise_server_exceptions: bool = True, **update: Any) -> TestClient:
-        app = create_app()
-        app.dependency_overrides[get_settings] = lambda: with_secrets(settings, **update)
-        app.dependency_overrides[get_connection] = lambda: connection
-        client = TestClient(app, raise_server_exceptions=raise_server_exceptions)
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.close()
+Client = MakeClient
 
 
 @pytest.fixture
 def fake_conn() -> redis.Redis:
     return fakeredis.FakeRedis(server=fakeredis.FakeServer())
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def enqueue(conn: redis.Redis, settings: Settings, n: int = 1, to: str = "ada@example.com") -> list[str]:

@@ -11,42 +11,49 @@ import json
 import os
 import subprocess
 import sys
-import warnings
 import zlib
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from pydantic import SecretStr
 from redis.typing import EncodableT, FieldT
 
-from emailqueue import Settings
 from emailqueue._constants import JOB_FUNC_PATH
-from emailqueue.web import create_app
-from emailqueue.web._deps import get_connection, get_settings
+from tests.helpers.api_client import (
+    ADMIN_TOKEN,
+    CRON,
+    CRON_SECRET,
+    HEALTH,
+    REQUEUE,
+    STATUS,
+    MakeClient,
+    TestClient,
+    bearer,
+    with_secrets,
+)
 
-with warnings.catch_warnings():
-    # Starlette's TestClient prefers httpx2 now; httpx, already a dependency, works the same.
-    warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient`")
-    from fastapi.testclient import TestClient as TestClient
+#: Shared with tests/test_api.py through tests/helpers/api_client.py; re-exported for this suite.
+__all__ = [
+    "ADMIN_TOKEN",
+    "CRON",
+    "CRON_SECRET",
+    "HEALTH",
+    "REQUEUE",
+    "STATUS",
+    "MakeClient",
+    "TestClient",
+    "bearer",
+    "with_secrets",
+]
 
 BIN = Path(sys.executable).parent
 RQ = str(BIN / "rq")
 EMAILQUEUE = str(BIN / "emailqueue")
-CRON = "/api/cron/process-email-queue"
-STATUS = "/api/admin/queue-status"
-REQUEUE = "/api/admin/failed/requeue"
-HEALTH = "/api/health"
-CRON_SECRET = "cron-secret-0123456789"
-ADMIN_TOKEN = "admin-token-9876543210"
 
 # Every variable the package, RQ's CLI or the check reads: a subprocess gets only what a test gives it.
 _OWN_PREFIXES = ("EMAIL", "RESEND_", "QUEUE_", "DRAIN_", "RQ_")
 _OWN_NAMES = {"REDIS_URL", "KV_URL", "CRON_SECRET", "VERCEL_ENV"}
-
-MakeClient = Callable[..., TestClient]
 
 
 def clean_environ() -> dict[str, str]:
@@ -82,38 +89,6 @@ def run_rq_worker(url: str, env: dict[str, str], cwd: Path, *extra: str) -> subp
     return subprocess.run(
         [*argv, *extra], env=env, cwd=cwd, capture_output=True, text=True, timeout=60, check=False
     )
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def with_secrets(settings: Settings, **update: Any) -> Settings:
-    values: dict[str, Any] = {
-        "cron_secret": SecretStr(CRON_SECRET),
-        "queue_admin_token": SecretStr(ADMIN_TOKEN),
-        **update,
-    }
-    return settings.model_copy(update=values)
-
-
-@pytest.fixture
-def make_client(settings: Settings) -> Iterator[MakeClient]:
-    """``make_client(connection, **setting_overrides)``: a TestClient on a fresh app whose settings
-    (with ``CRON_SECRET`` and ``QUEUE_ADMIN_TOKEN`` set) and Redis connection are the test's."""
-    clients: list[TestClient] = []
-
-    def make(connection: redis.Redis, *, raise_server_exceptions: bool = True, **update: Any) -> TestClient:
-        app = create_app()
-        app.dependency_overrides[get_settings] = lambda: with_secrets(settings, **update)
-        app.dependency_overrides[get_connection] = lambda: connection
-        client = TestClient(app, raise_server_exceptions=raise_server_exceptions)
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.close()
 
 
 #: Pass as ``payload`` to :func:`json_call` for a call with no ``payload`` keyword at all.
