@@ -28,7 +28,18 @@ TEMPLATE = ROOT / "docs" / "RELIABILITY.template.md"
 
 def run_suite(results: Path) -> int:
     env = {**os.environ, "EMAILQUEUE_RELIABILITY_RESULTS": str(results)}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/reliability"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "tests/reliability",
+        # scenarios e (managed Redis) and f (TLS) live with the security suite
+        "tests/security/test_managed_redis.py::test_the_whole_pipeline_runs_as_a_restricted_user",
+        "tests/security/test_tls.py::test_send_drain_status_and_the_api_work_with_queue_redis_ca_cert",
+    ]
     return subprocess.run(cmd, cwd=ROOT, env=env, check=False).returncode
 
 
@@ -70,7 +81,8 @@ def render(rows: list[dict[str, Any]]) -> str:
     where = f"{platform.system()} {platform.machine()}, Python {python}, {os.cpu_count()} cores"
     header = (
         f"Measured {measured} on {where} by `python scripts/reliability_report.py`, which runs "
-        "`pytest tests/reliability` and renders this table from the suite's ledger.\n\n"
+        "`pytest tests/reliability` (and scenarios e and f from tests/security) and renders this table from "
+        "the suite's ledger.\n\n"
     )
     return TEMPLATE.read_text(encoding="utf-8").replace("{{TABLE}}", header + table(rows))
 

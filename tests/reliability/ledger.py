@@ -34,6 +34,8 @@ from rq.serializers import JSONSerializer
 from emailqueue.testing import FakeResend
 
 RESULTS_ENV = "EMAILQUEUE_RELIABILITY_RESULTS"
+#: Read once, at import: some tests give themselves a deployment's clean environment.
+RESULTS_PATH = os.environ.get(RESULTS_ENV)
 
 
 def registry_sizes(conn: redis.Redis, queue: str = "emails") -> dict[str, int]:
@@ -194,7 +196,7 @@ class Ledger:
 
 def record(counts: Counts) -> None:
     """Append ``counts`` as one JSON line to the file named by ``EMAILQUEUE_RELIABILITY_RESULTS``."""
-    path = os.environ.get(RESULTS_ENV)
+    path = RESULTS_PATH
     if not path:
         return
     row = {"recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **asdict(counts)}

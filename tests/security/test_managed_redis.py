@@ -22,6 +22,7 @@ from emailqueue._check import main as check_main
 from emailqueue._connection import connect
 from emailqueue._embedded import EmbeddedRedis
 from emailqueue.testing import FakeResend
+from tests.reliability.ledger import Ledger
 from tests.security.conftest import (
     ADMIN_TOKEN,
     CRON,
@@ -168,3 +169,9 @@ def test_the_whole_pipeline_runs_as_a_restricted_user(
         assert complaints == [], complaints
     else:  # RQ's own warning about CLIENT SETNAME, and nothing else
         assert complaints and all(re.search(r"CLIENT SETNAME", line) for line in complaints), complaints
+
+    # The scenario's counts, for docs/RELIABILITY.md (scenario e).
+    ledger = Ledger(f"e/managed-redis-acl-{user}", admin, fake_resend)
+    ledger.expect(["a@example.com", *people, "doomed@example.com", "vm0@example.com", "vm1@example.com"])
+    counts = ledger.finish(user=user)
+    assert (counts.lost, counts.duplicated, counts.stuck) == (0, 0, 0), counts

@@ -31,6 +31,7 @@ from emailqueue._connection import connect_from
 from emailqueue.testing import FakeResend
 from emailqueue.web import create_app
 from emailqueue.web._deps import get_settings
+from tests.reliability.ledger import Ledger
 from tests.security.conftest import (
     ADMIN_TOKEN,
     CRON,
@@ -251,6 +252,11 @@ def test_send_drain_status_and_the_api_work_with_queue_redis_ca_cert(
     conn = connect_from(settings)
     try:
         assert queue_status(conn, settings).failed == 0
+        # The scenario's counts, for docs/RELIABILITY.md (scenario f).
+        ledger = Ledger("f/tls-private-ca", conn, fake_resend)
+        ledger.expect(["a@example.com", "b@example.com", "c@example.com"])
+        counts = ledger.finish()
+        assert (counts.lost, counts.duplicated, counts.stuck) == (0, 0, 0), counts
     finally:
         conn.close()
 
