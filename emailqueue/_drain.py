@@ -237,8 +237,15 @@ class _Run:
             if report.processed >= self.limit:
                 report.stopped = "max_jobs"
                 return
-            # The last send of this round must be able to finish inside the budget.
-            horizon = self.budget - (self.clock() - self.started) - settings.send_timeout_s
+            # The last send of this round must be able to finish inside the budget, and before the
+            # claim could be taken for abandoned (job timeout + grace after claiming).
+            horizon = (
+                min(
+                    self.budget - (self.clock() - self.started),
+                    settings.email_job_timeout_s + ABANDON_GRACE_S,
+                )
+                - settings.send_timeout_s
+            )
             if horizon < 0:
                 report.stopped = "time_budget"
                 return
@@ -331,6 +338,8 @@ class _Run:
         try:
             job = Job.fetch(row.job_id, connection=self.conn, serializer=JSONSerializer)
             apply_failure_policy(job, error, self.settings)
+        except redis.RedisError:
+            raise  # Redis, not the job, failed: the claim stays, and a later run recovers the job
         except Exception as unreadable:
             log.error("job %s is unreadable (%r): failed", row.job_id, unreadable)
             reason = f"the job hash is unreadable: {unreadable!r}"[:300]

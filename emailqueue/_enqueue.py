@@ -23,6 +23,7 @@ from typing import Any
 import redis
 from rq import Queue, Retry
 from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.utils import now
 
@@ -65,9 +66,24 @@ if found > 0 then
   return {0, taken}
 end
 local queued = {}
+local pending = {queued = true, scheduled = true, started = true, deferred = true}
 for _, job in ipairs(jobs) do
   for i = job.g1, job.gn do redis.call('SET', ARGV[i], token, 'EX', ttl) end
-  if redis.call('HSET', job.key, unpack(ARGV, job.f1, job.fn)) > 0 then queued[#queued + 1] = job.id end
+  if job.gn >= job.g1 then
+    -- A derived id can outlive its markers: a failed job is kept longer than a marker. A job of
+    -- that id still pending is left alone; a finished or failed one is replaced by the new one.
+    local status = redis.call('HGET', job.key, 'status')
+    if not (status and pending[status]) then
+      if status then
+        redis.call('DEL', job.key)
+        redis.call('ZREM', KEYS[3], job.id)
+      end
+      redis.call('HSET', job.key, unpack(ARGV, job.f1, job.fn))
+      queued[#queued + 1] = job.id
+    end
+  elseif redis.call('HSET', job.key, unpack(ARGV, job.f1, job.fn)) > 0 then
+    queued[#queued + 1] = job.id
+  end
 end
 for i = 1, #queued, 1000 do
   redis.call('RPUSH', KEYS[1], unpack(queued, i, math.min(i + 999, #queued)))
@@ -191,7 +207,8 @@ def write_jobs(
             args += [field, value]
     script = connection.register_script(_ENQUEUE_LUA)
     with redis_errors("enqueue"):
-        ok, items = script(keys=[queue.key, queue.redis_queues_keys], args=args)
+        failed = FailedJobRegistry(queue=queue).key
+        ok, items = script(keys=[queue.key, queue.redis_queues_keys, failed], args=args)
     values = [v.decode() if isinstance(v, bytes) else str(v) for v in items]
     if ok:
         return WriteResult(values, {})

@@ -121,6 +121,12 @@ for _, id in ipairs(ids) do
   end
 end
 if #ids > 0 then redis.call('EXPIRE', KEYS[3], 86400) end
+-- Forget ids no longer in the list, so a job that comes back later starts a fresh grace period.
+local listed = {}
+for _, id in ipairs(ids) do listed[id] = true end
+for _, id in ipairs(redis.call('HKEYS', KEYS[3])) do
+  if not listed[id] then redis.call('HDEL', KEYS[3], id) end
+end
 return moved
 """
 

@@ -316,3 +316,66 @@ def test_three_overlapping_drains_and_a_vm_worker_deliver_300_exactly_once(
     assert 0 < by_drains < 300  # both kinds of worker took part
     queue = Queue("emails", connection=real_conn, serializer=JSONSerializer)
     assert registry_counts(queue) == {"queued": 0, "started": 0, "scheduled": 0, "failed": 0}
+
+
+def test_a_reused_key_after_its_marker_expired_replaces_a_failed_job_and_is_sent(
+    conn: redis.Redis, settings: Settings, fake_resend: FakeResend
+) -> None:
+    # Failed jobs are kept 30 days, markers 7: a key reused after that must not vanish.
+    fake_resend.fail_next(1, 422, "validation_error", "bad")
+    job_id = send_email(
+        to="a@example.com",
+        subject="v1",
+        text="t",
+        idempotency_key="order-1",
+        connection=conn,
+        settings=settings,
+    )
+    drain(connection=conn, settings=settings)
+    assert conn.zscore("rq:failed:emails", job_id) is not None
+    for marker in conn.scan_iter(match="emailqueue:dedup:*"):
+        conn.delete(marker)  # as if EMAIL_DEDUP_TTL_S had passed
+    again = send_email(to="a@example.com", subject="v2", text="t", idempotency_key="order-1", connection=conn,
+                       settings=settings)  # fmt: skip
+    assert again == job_id
+    assert conn.llen("rq:queue:emails") == 1 and conn.zscore("rq:failed:emails", job_id) is None
+    assert drain(connection=conn, settings=settings).sent == 1
+    assert [e.subject for e in fake_resend.accepted] == ["v2"]
+
+
+def test_a_reused_key_does_not_overwrite_a_job_still_pending(
+    conn: redis.Redis, settings: Settings, fake_resend: FakeResend
+) -> None:
+    send_email(to="a@example.com", subject="v1", text="t", idempotency_key="order-1", connection=conn,
+               settings=settings)  # fmt: skip
+    for marker in conn.scan_iter(match="emailqueue:dedup:*"):
+        conn.delete(marker)
+    send_email(to="a@example.com", subject="v2", text="t", idempotency_key="order-1", connection=conn,
+               settings=settings)  # fmt: skip
+    assert conn.llen("rq:queue:emails") == 1
+    drain(connection=conn, settings=settings)
+    assert [e.subject for e in fake_resend.accepted] == ["v1"]
+
+
+def test_the_intermediate_sweep_forgets_ids_that_left_the_list(conn: redis.Redis, settings: Settings) -> None:
+    from emailqueue import _scripts
+    from emailqueue._keys import QueueKeys
+
+    keys = QueueKeys.of(Queue("emails", connection=conn, serializer=JSONSerializer))
+    job_id = send_email(to="a@example.com", subject="s", text="t", connection=conn, settings=settings)
+    sweep = conn.register_script(_scripts.SWEEP)
+
+    def run(now: float) -> list[bytes]:
+        return list(
+            sweep(keys=[keys.intermediate, keys.queue, keys.intermediate_seen], args=[now, 120, "rq:job:"])
+        )
+
+    conn.lmove(keys.queue, keys.intermediate)  # a VM worker dequeues it ...
+    assert run(1000.0) == []  # ... a drain notes when it first saw it there ...
+    conn.lrem(keys.intermediate, 0, job_id)  # ... and the work horse takes it on.
+    conn.rpush(keys.intermediate, "other")  # the list is not empty, so sweeps keep running
+    conn.hset("rq:job:other", "status", "started")
+    run(1100.0)
+    conn.lpush(keys.intermediate, job_id)  # much later the same job passes through again
+    assert run(5000.0) == []  # a fresh grace period, not the stale first sighting
+    assert conn.llen(keys.queue) == 0
