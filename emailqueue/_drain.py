@@ -42,7 +42,7 @@ from ._jobs import _client_for, apply_failure_policy
 from ._keys import QueueKeys
 from ._payload import parse_payload
 from ._ratelimit import RateLimiter, limiter_key
-from ._send import Outcome, Sender, record_rejected, send
+from ._send import Outcome, Sender, failure_record, record_rejected, send
 from ._settings import Settings, load_settings
 
 log = logging.getLogger("emailqueue.drain")
@@ -361,14 +361,7 @@ class _Run:
 
     def _fail_unreadable(self, row: _Claimed, error: PermanentSendError) -> None:
         """Fail a job without RQ's Job API (it cannot load it): status, our record, the registry."""
-        record = {
-            META_KEY: {
-                "attempts": 1,
-                "error": {"name": error.name, "message": error.message, "status_code": None},
-                "failed_at": datetime.now(UTC).isoformat(),
-                "next_retry_in_s": None,
-            }
-        }
+        record = {META_KEY: failure_record(None, name=error.name, message=error.message)}
         with self.conn.pipeline() as pipe:
             pipe.zrem(self.keys.started, row.member)
             pipe.hset(
@@ -385,15 +378,7 @@ def _note_failure(queue: Queue, job_id: str, name: str, message: str) -> None:
         job = Job.fetch(job_id, connection=queue.connection, serializer=JSONSerializer)
     except Exception:  # the hash is gone: nothing to annotate
         return
-    record = job.meta.get(META_KEY)
-    attempts = (int(record.get("attempts", 0)) if isinstance(record, dict) else 0) + 1
-    job.meta[META_KEY] = {
-        **(record if isinstance(record, dict) else {}),
-        "attempts": attempts,
-        "error": {"name": name, "message": message, "status_code": None},
-        "failed_at": datetime.now(UTC).isoformat(),
-        "next_retry_in_s": None,
-    }
+    job.meta[META_KEY] = failure_record(job.meta.get(META_KEY), name=name, message=message)
     job.save_meta()  # type: ignore[no-untyped-call]
 
 

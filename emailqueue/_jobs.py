@@ -22,7 +22,6 @@ import functools
 import logging
 import random
 import threading
-from datetime import UTC, datetime
 from typing import Any
 
 from rq import get_current_job
@@ -35,7 +34,7 @@ from ._outbox import OutboxClient
 from ._payload import parse_payload
 from ._ratelimit import RateLimiter, limiter_key
 from ._resend import ResendClient, build_http_client
-from ._send import LOCAL_RATE_LIMIT, Outcome, Sender, record_rejected, send
+from ._send import LOCAL_RATE_LIMIT, Outcome, Sender, failure_record, record_rejected, send
 from ._settings import Settings, load_settings
 
 log = logging.getLogger("emailqueue")
@@ -127,12 +126,13 @@ def _keep_for_later(job: Job, exc: ConfigurationError) -> None:
     """The worker cannot send at all (no API key): keep the job, spend no attempt, retry later."""
     job.retries_left = (job.retries_left or 0) + 1
     job.retry_intervals = [MISCONFIGURED_RETRY_S]
-    record = job.meta.get(META_KEY)
-    job.meta[META_KEY] = {
-        **(record if isinstance(record, dict) else {}),
-        "error": {"name": "misconfigured", "message": str(exc), "status_code": None},
-        "next_retry_in_s": MISCONFIGURED_RETRY_S,
-    }
+    job.meta[META_KEY] = failure_record(
+        job.meta.get(META_KEY),
+        name="misconfigured",
+        message=str(exc),
+        next_retry_in_s=MISCONFIGURED_RETRY_S,
+        count_attempt=False,
+    )
     log.error("job %s kept for later: %s", job.id, exc)
 
 
@@ -201,13 +201,13 @@ def apply_failure_policy(
         )
     if delay is not None:
         job.retry_intervals = [delay]
-    job.meta[META_KEY] = {
-        **(job.meta.get(META_KEY) or {}),  # keep what requeues recorded (requeued, past_attempts)
-        "attempts": attempts,
-        "error": {"name": exc.name, "message": exc.message, "status_code": exc.status_code},
-        "failed_at": datetime.now(UTC).isoformat(),
-        "next_retry_in_s": delay,
-    }
+    job.meta[META_KEY] = failure_record(
+        job.meta.get(META_KEY),  # keeps what requeues recorded (requeued, past_attempts)
+        name=exc.name,
+        message=exc.message,
+        status_code=exc.status_code,
+        next_retry_in_s=delay,
+    )
     # RQ persists the job when it schedules a retry, but not when it fails it for good.
     job.save_meta()  # type: ignore[no-untyped-call]
     if delay is None:

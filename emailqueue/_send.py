@@ -39,6 +39,27 @@ class Sender(Protocol):
     def send_batch(self, emails: list[dict[str, Any]], *, idempotency_key: str) -> BatchResult: ...
 
 
+def failure_record(
+    previous: Any,
+    *,
+    name: str,
+    message: str,
+    status_code: int | None = None,
+    next_retry_in_s: int | None = None,
+    count_attempt: bool = True,
+) -> dict[str, Any]:
+    """The record a job keeps in ``job.meta["emailqueue"]`` after a failure (the status API shows
+    it). What ``previous`` held (requeue counts) is kept; a counted attempt bumps ``attempts`` and
+    stamps ``failed_at``."""
+    record: dict[str, Any] = dict(previous) if isinstance(previous, dict) else {}
+    record["error"] = {"name": name, "message": message, "status_code": status_code}
+    record["next_retry_in_s"] = next_retry_in_s
+    if count_attempt:
+        record["attempts"] = int(record.get("attempts", 0)) + 1
+        record["failed_at"] = datetime.now(UTC).isoformat()
+    return record
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What a send did: how many emails Resend took, and the reason for each rejected index."""
@@ -105,12 +126,9 @@ def record_rejected(
                 description=f"email to {mask_email(single.recipients[0])}",
                 serializer=JSONSerializer,
                 meta={
-                    META_KEY: {
-                        "attempts": 1,
-                        "error": {"name": "rejected_recipient", "message": message, "status_code": 422},
-                        "failed_at": datetime.now(UTC).isoformat(),
-                        "next_retry_in_s": None,
-                    }
+                    META_KEY: failure_record(
+                        None, name="rejected_recipient", message=message, status_code=422
+                    )
                 },
             )
             job.save(pipeline=pipe)  # with meta: the registry's own save leaves meta out
