@@ -1,4 +1,5 @@
-"""Diagnose a queue setup step by step: ``emailqueue check`` and ``scripts/test_queue_connection.py``.
+"""Diagnose a queue setup step by step: ``emailqueue check`` (also ``python -m emailqueue check``
+and, in the repository, ``scripts/test_queue_connection.py``).
 
 Each step gives one line in plain words, with the fix when something is wrong. A failure that
 makes later steps meaningless (no DNS, so no TCP, ...) marks those ``skip``. Secrets (the Redis
@@ -12,27 +13,18 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 import httpx
-import redis
 from dotenv import dotenv_values
 
-from ._check_redis import (
-    _PROBE_PREFIX,
-    Resolver,
-    StepResult,
-    _Fail,
-    _RedisChecks,
-    _resolve,
-)
+from ._check_redis import PROBE_PREFIX, Probe, Resolver, StepFailed, StepResult, resolve_host, run_steps
 from ._exceptions import ConfigurationError, SendError
 from ._redact import mask_email
 from ._resend import ResendClient, build_http_client
-from ._settings import REDIS_URL_VARIABLES, load_settings
+from ._settings import REDIS_URL_VARIABLES, load_settings, redis_url_source
 
 _KEY_RE = re.compile(r"re_[A-Za-z0-9_-]{7,200}")
 _MISSING_URL = "QUEUE_REDIS_URL is not set (nor REDIS_URL or KV_URL)"
@@ -67,7 +59,7 @@ def check_send(
 ) -> StepResult:
     """Send one real email through Resend (or whatever ``api_url`` points at)."""
     if not sender:
-        raise _Fail(
+        raise StepFailed(
             "no sender: set EMAIL_FROM or pass --from", "use an address on a domain verified in Resend"
         )
     email = {
@@ -79,7 +71,7 @@ def check_send(
     try:
         with http() as client:
             email_id = ResendClient(client, api_key=api_key, base_url=api_url).send(
-                email, idempotency_key=_PROBE_PREFIX + secrets.token_hex(8)
+                email, idempotency_key=PROBE_PREFIX + secrets.token_hex(8)
             )
     except SendError as exc:
         if exc.status_code in (401, 403):
@@ -90,7 +82,7 @@ def check_send(
             fix = f"check the network and RESEND_API_URL ({api_url})"
         else:
             fix = "see Resend's message above; retry later if it is a rate limit"
-        raise _Fail(f"Resend did not accept the test email: {exc}", fix) from None
+        raise StepFailed(f"Resend did not accept the test email: {exc}", fix) from None
     return StepResult("send_test", "ok", f"Resend accepted a test email to {mask_email(to)} (id {email_id})")
 
 
@@ -104,7 +96,7 @@ def run_checks(
     sender: str | None = None,
     resend_api_url: str = "https://api.resend.com",
     timeout: float = 3.0,
-    resolve: Resolver = _resolve,
+    resolve: Resolver = resolve_host,
     http: Callable[[], httpx.Client] | None = None,
 ) -> list[StepResult]:
     """Run every step and return their results, in order.
@@ -125,42 +117,28 @@ def run_checks(
     Returns:
         One :class:`StepResult` per step; a step after a blocking failure has status ``skip``.
     """
-    checks = _RedisChecks(url, source, ca_cert, timeout, resolve)
-    results: list[StepResult] = []
-    blocked: str | None = None
-    try:
-        for name, step in checks.steps():
-            if blocked:
-                results.append(StepResult(name, "skip", f"skipped: the {blocked} step failed"))
-                continue
-            if name in checks.steps_not_needed:
-                results.append(StepResult(name, "ok", "not needed for a unix socket"))
-                continue
-            try:
-                status, detail, fix = step()
-            except _Fail as exc:
-                status, detail, fix = "fail", exc.detail, exc.fix
-                blocked = name if exc.blocking else None
-            except redis.RedisError as exc:
-                status, detail, fix, blocked = "fail", f"unexpected Redis error: {exc}", "", name
-            results.append(StepResult(name, status, detail, fix))
-    finally:
-        if checks.client is not None:
-            checks.client.close()
+    results = run_steps(Probe(url, source, ca_cert=ca_cert, timeout=timeout, resolve=resolve))
     results.append(check_api_key(api_key))
     if send_to is not None:
         try:
             if results[-1].status != "ok":
-                raise _Fail("no usable RESEND_API_KEY, so nothing was sent", results[-1].fix or "")
+                raise StepFailed("no usable RESEND_API_KEY, so nothing was sent", results[-1].fix or "")
             make_http = http or (lambda: build_http_client(connect_timeout=timeout))
             results.append(
                 check_send(
                     send_to, sender=sender, api_key=api_key or "", api_url=resend_api_url, http=make_http
                 )
             )
-        except _Fail as exc:
+        except StepFailed as exc:
             results.append(StepResult("send_test", "fail", exc.detail, exc.fix))
-    return _scrub(results, checks.opts.get("password"), api_key)
+    return _scrub(results, _password_of(url), api_key)
+
+
+def _password_of(url: str | None) -> str | None:
+    try:
+        return urlsplit(url or "").password
+    except ValueError:
+        return None
 
 
 def _scrub(results: list[StepResult], *secret_values: str | None) -> list[StepResult]:
@@ -203,20 +181,6 @@ def format_json(results: Sequence[StepResult]) -> str:
     return json.dumps({"ok": all_ok(results), "steps": [asdict(r) for r in results]}, indent=2)
 
 
-def locate_url(environ: Mapping[str, str], dotenv: Mapping[str, str]) -> tuple[str | None, str]:
-    """The Redis URL the settings will use and the variable that supplied it, or None and why.
-
-    Mirrors the settings: the environment beats ``.env``, and within one source the first of
-    REDIS_URL_VARIABLES that is set and non-empty wins (an empty one is ignored).
-    Keys must be upper-cased (the settings are case-insensitive).
-    """
-    for where, values in (("", environ), (" in .env", dotenv)):
-        for name in REDIS_URL_VARIABLES:
-            if values.get(name, "").strip():
-                return values[name].strip(), name + where
-    return None, _MISSING_URL
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="emailqueue check", description="Diagnose the queue's Redis and Resend setup, step by step."
@@ -235,10 +199,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line: print the diagnosis; return 0 if every required step passed, else 1."""
     args = _parser().parse_args(argv)
-    environ = {k.upper(): v for k, v in os.environ.items()}
-    env_file = Path(".env")
-    dotenv = {k.upper(): v or "" for k, v in dotenv_values(env_file).items()} if env_file.is_file() else {}
-    settings_step = StepResult("settings", "ok", "settings load from the environment and .env")
+    settings_step = StepResult("settings", "ok", "settings load from the environment, .env and dev state")
     try:
         settings = load_settings()
     except ConfigurationError as exc:
@@ -247,27 +208,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             "settings", "fail", str(exc), "correct that variable (see the README's Configuration table)"
         )
 
-    def setting(name: str) -> str | None:  # what pydantic-settings would read: environment, then .env
+    def raw(name: str) -> str | None:  # only when the settings are invalid: the raw variable
+        environ = {k.upper(): v for k, v in os.environ.items()}
+        dotenv = {k.upper(): v or "" for k, v in dotenv_values(".env").items()}
         return (environ.get(name, dotenv.get(name)) or "").strip() or None
 
-    url, source = (args.url, "--url") if args.url else locate_url(environ, dotenv)
-    api_key = setting("RESEND_API_KEY")
+    if args.url:
+        url, source = args.url, "--url"
+    elif settings is not None:
+        url, source = settings.queue_redis_url, redis_url_source(settings)
+    else:
+        source = next((name for name in REDIS_URL_VARIABLES if raw(name)), _MISSING_URL)
+        url = raw(source)
     if settings is not None:
-        if not args.url and url != settings.queue_redis_url:
-            url, source = settings.queue_redis_url, "the settings"
         api_key = settings.resend_api_key.get_secret_value() if settings.resend_api_key else None
-    api_url = settings.resend_api_url if settings else setting("RESEND_API_URL") or "https://api.resend.com"
-    sender = args.sender or (settings.email_from if settings else setting("EMAIL_FROM"))
-    ca_cert, send_to = args.ca_cert or setting("QUEUE_REDIS_CA_CERT"), args.send_test
+        api_url, sender = settings.resend_api_url, settings.email_from
+        ca_cert = settings.queue_redis_ca_cert
+    else:
+        api_key, api_url = raw("RESEND_API_KEY"), raw("RESEND_API_URL") or "https://api.resend.com"
+        sender, ca_cert = raw("EMAIL_FROM"), raw("QUEUE_REDIS_CA_CERT")
     results = [
         settings_step,
         *run_checks(
             url,
             source=source,
             api_key=api_key,
-            ca_cert=ca_cert,
-            sender=sender,
-            send_to=send_to,
+            ca_cert=args.ca_cert or ca_cert,
+            sender=args.sender or sender,
+            send_to=args.send_test,
             resend_api_url=api_url,
             timeout=args.timeout,
         ),

@@ -1,5 +1,13 @@
 """The Redis half of ``emailqueue check``: URL, DNS, TCP, TLS, AUTH, latency, server, permissions
-and a round trip that leaves no keys. Each step returns (status, detail, fix)."""
+and a round trip that leaves no keys.
+
+Each step is a function of a :class:`Probe` (what earlier steps found) that returns its outcome
+(status, detail, fix) and the probe for the next step, or raises :class:`StepFailed`. Nothing is
+kept in mutable attributes: :func:`run_steps` threads the probe through. The first five steps
+are also the diagnosis every command gives when Redis fails (:func:`diagnose`).
+"""
+
+from __future__ import annotations
 
 import hashlib
 import ipaddress
@@ -8,9 +16,9 @@ import socket
 import ssl
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -32,7 +40,7 @@ Resolver = Callable[[str, int], list[str]]
 Outcome = tuple[Status, str, str]
 
 PROBE_FUNC_PATH = "emailqueue._check_redis.probe"
-_PROBE_PREFIX = "emailqueue-check-"
+PROBE_PREFIX = "emailqueue-check-"
 _PING_COUNT = 5
 _SLOW_PING_MS = 100.0
 _SCAN_CALLS = 50  # at most 50 x 1000 keys: Upstash bills each SCAN call
@@ -51,7 +59,9 @@ class StepResult:
     fix: str = ""
 
 
-class _Fail(Exception):
+class StepFailed(Exception):
+    """A step failed: what was found and the fix. ``blocking``: later steps cannot run."""
+
     def __init__(self, detail: str, fix: str, *, blocking: bool = True) -> None:
         super().__init__(detail)
         self.detail, self.fix, self.blocking = detail, fix, blocking
@@ -71,7 +81,8 @@ def upstash_tls_hint(url: str) -> str | None:
     return None
 
 
-def _resolve(host: str, port: int) -> list[str]:
+def resolve_host(host: str, port: int) -> list[str]:
+    """The addresses ``host`` resolves to (``socket.getaddrinfo``); raises socket.gaierror."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return sorted({str(info[4][0]) for info in infos})
 
@@ -81,256 +92,321 @@ def _is_private(address: str) -> bool:
     return ip.is_private or ip.is_loopback
 
 
-class _RedisChecks:
-    """The Redis steps, in order; each returns (status, detail, fix) or raises _Fail."""
+@dataclass(frozen=True)
+class Probe:
+    """What the steps know so far. Each step returns a new one; none is changed in place."""
 
-    def __init__(self, url: str | None, source: str, ca_cert: str | None, timeout: float, resolve: Resolver):
-        self.url, self.source, self.ca_cert = url, source, ca_cert
-        self.timeout, self.resolve = timeout, resolve
-        self.opts: dict[str, Any] = {}
-        self.host, self.port, self.private = "localhost", 6379, True
-        self.addresses: list[str] = []
-        self.steps_not_needed: set[str] = set()
-        self.client: redis.Redis | None = None
-
-    def steps(self) -> list[tuple[str, Callable[[], Outcome]]]:
-        return [
-            ("url", self.check_url), ("dns", self.dns), ("tcp", self.tcp), ("tls", self.tls),
-            ("auth", self.auth), ("ping", self.ping), ("server", self.server), ("eval", self.eval),
-            ("client", self.client_cmds), ("round_trip", self.round_trip),
-        ]  # fmt: skip
+    url: str | None
+    source: str
+    ca_cert: str | None = None
+    timeout: float = 3.0
+    resolve: Resolver = resolve_host
+    opts: Mapping[str, Any] = field(default_factory=dict)
+    host: str = "localhost"
+    port: int = 6379
+    private: bool = True
+    unix_socket: bool = False
+    addresses: tuple[str, ...] = ()
+    client: redis.Redis | None = None
 
     @property
     def conn(self) -> redis.Redis:
-        assert self.client is not None
+        assert self.client is not None, "the auth step makes the client"
         return self.client
 
-    def check_url(self) -> Outcome:
-        if not self.url:
-            fix = "set QUEUE_REDIS_URL=redis://localhost:6379 (rediss:// for Upstash) or run `emailqueue dev`"
-            raise _Fail(f"no Redis URL: {self.source}", fix)
-        try:
-            self.opts = parse_url(self.url)  # type: ignore[no-untyped-call]
-        except ValueError as exc:
-            fix = "use redis://[user:password@]host:port/db, or rediss:// for TLS"
-            raise _Fail(
-                f"{self.source} = {redact_url(self.url)} is not a valid Redis URL: {exc}", fix
-            ) from None
-        if "path" in self.opts:
-            self.steps_not_needed = {"dns", "tcp", "tls"}
-            return "ok", f"{self.source} = {redact_url(self.url)} (a unix socket)", ""
-        self.host, self.port = self.opts.get("host") or "localhost", int(self.opts.get("port") or 6379)
-        hint = upstash_tls_hint(self.url)
-        if hint:
-            raise _Fail(f"{self.source} = {redact_url(self.url)}: a plain redis:// URL to Upstash", hint)
-        return "ok", f"{self.source} = {redact_url(self.url)}", ""
 
-    def dns(self) -> Outcome:
-        try:
-            addresses = self.resolve(self.host, self.port)
-        except (socket.gaierror, UnicodeError) as exc:
-            why = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
-            fix = f"check the host name in {self.source}"
-            raise _Fail(f"cannot resolve host {self.host!r} ({why})", fix) from None
-        self.addresses, self.private = addresses, all(_is_private(a) for a in addresses)
-        return "ok", f"{self.host} resolves to {', '.join(addresses[:3])}", ""
+#: A step: the probe so far -> its outcome and the probe for the next step; or StepFailed.
+Step = Callable[[Probe], tuple[Outcome, Probe]]
 
-    def tcp(self) -> Outcome:
-        where, start = f"{self.host}:{self.port}", time.perf_counter()
+
+def check_url(p: Probe) -> tuple[Outcome, Probe]:
+    if not p.url:
+        fix = "set QUEUE_REDIS_URL=redis://localhost:6379 (rediss:// for Upstash) or run `emailqueue dev`"
+        raise StepFailed(f"no Redis URL: {p.source}", fix)
+    try:
+        opts = parse_url(p.url)  # type: ignore[no-untyped-call]
+    except ValueError as exc:
+        fix = "use redis://[user:password@]host:port/db, or rediss:// for TLS"
+        raise StepFailed(f"{p.source} = {redact_url(p.url)} is not a valid Redis URL: {exc}", fix) from None
+    if "path" in opts:
+        return ("ok", f"{p.source} = {redact_url(p.url)} (a unix socket)", ""), replace(
+            p, opts=opts, unix_socket=True
+        )
+    host, port = opts.get("host") or "localhost", int(opts.get("port") or 6379)
+    hint = upstash_tls_hint(p.url)
+    if hint:
+        raise StepFailed(f"{p.source} = {redact_url(p.url)}: a plain redis:// URL to Upstash", hint)
+    return ("ok", f"{p.source} = {redact_url(p.url)}", ""), replace(p, opts=opts, host=host, port=port)
+
+
+def dns(p: Probe) -> tuple[Outcome, Probe]:
+    try:
+        addresses = p.resolve(p.host, p.port)
+    except (socket.gaierror, UnicodeError) as exc:
+        why = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
+        raise StepFailed(
+            f"cannot resolve host {p.host!r} ({why})", f"check the host name in {p.source}"
+        ) from None
+    private = all(_is_private(a) for a in addresses)
+    detail = f"{p.host} resolves to {', '.join(addresses[:3])}"
+    return ("ok", detail, ""), replace(p, addresses=tuple(addresses), private=private)
+
+
+def _connect(p: Probe, addresses: tuple[str, ...]) -> socket.socket:
+    error: OSError = OSError("no address")
+    for address in addresses:
         try:
-            # The addresses the dns step found, in order, as socket.create_connection would try them.
-            with self._connect(self.addresses) as sock:
-                self.addresses = [sock.getpeername()[0]]
-        except ConnectionRefusedError:
-            fix = f"start Redis (`emailqueue dev` runs one locally) or correct the port in {self.source}"
-            raise _Fail(f"connection refused: is Redis running on {where}?", fix) from None
-        except TimeoutError:
-            fix = f"a firewall may drop the traffic, or the port in {self.source} is wrong"
-            raise _Fail(f"no answer from {where} within {self.timeout:g} s", fix) from None
+            return socket.create_connection((address, p.port), timeout=p.timeout)
         except OSError as exc:
-            raise _Fail(f"cannot connect to {where}: {exc.strerror or exc}", "check the network") from None
-        return "ok", f"connected to {where} in {(time.perf_counter() - start) * 1000:.0f} ms", ""
+            error = exc
+    raise error
 
-    def _connect(self, addresses: list[str]) -> socket.socket:
-        error: OSError = OSError("no address")
-        for address in addresses:
-            try:
-                return socket.create_connection((address, self.port), timeout=self.timeout)
-            except OSError as exc:
-                error = exc
-        raise error
 
-    def tls(self) -> Outcome:
-        if self.opts.get("connection_class") is not SSLConnection:
-            if self.private:
-                return "ok", "not used (redis://): fine for localhost or a private network", ""
-            fix = "use rediss:// if the server supports TLS"
-            return "warn", "not used (redis://): the password and emails cross the network unencrypted", fix
-        # The CA as redis-py (and so rq worker) would use it: the setting, else ?ssl_ca_certs=.
-        ca_cert = self.ca_cert or self.opts.get("ssl_ca_certs")
-        try:
-            context = ssl.create_default_context()
-            if ca_cert:
-                context.load_verify_locations(ca_cert)
-            verify = str(self.opts.get("ssl_cert_reqs", "required")).lower() not in ("none", "cert_none")
-            if not verify:
-                context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-            with (
-                self._connect(self.addresses) as raw,
-                context.wrap_socket(raw, server_hostname=self.host) as tls,
-            ):
-                version = tls.version()
-        except FileNotFoundError:
-            raise _Fail(f"CA file {ca_cert} not found", "fix QUEUE_REDIS_CA_CERT or --ca-cert") from None
-        except ssl.SSLCertVerificationError as exc:
-            fix = (
-                "for a private CA or a self-signed certificate, pass it with --ca-cert or QUEUE_REDIS_CA_CERT"
-            )
-            raise _Fail(f"the server's TLS certificate is not trusted: {exc.verify_message}", fix) from None
-        except TimeoutError:
-            raise _Fail(f"no TLS handshake within {self.timeout:g} s: no TLS there?", _TLS_FIX) from None
-        except (ssl.SSLError, OSError) as exc:
-            raise _Fail(f"TLS handshake failed: {getattr(exc, 'reason', None) or exc}", _TLS_FIX) from None
+def tcp(p: Probe) -> tuple[Outcome, Probe]:
+    where, start = f"{p.host}:{p.port}", time.perf_counter()
+    try:
+        # The addresses the dns step found, in order, as socket.create_connection would try them.
+        with _connect(p, p.addresses) as sock:
+            peer = str(sock.getpeername()[0])
+    except ConnectionRefusedError:
+        fix = f"start Redis (`emailqueue dev` runs one locally) or correct the port in {p.source}"
+        raise StepFailed(f"connection refused: is Redis running on {where}?", fix) from None
+    except TimeoutError:
+        fix = f"a firewall may drop the traffic, or the port in {p.source} is wrong"
+        raise StepFailed(f"no answer from {where} within {p.timeout:g} s", fix) from None
+    except OSError as exc:
+        raise StepFailed(f"cannot connect to {where}: {exc.strerror or exc}", "check the network") from None
+    detail = f"connected to {where} in {(time.perf_counter() - start) * 1000:.0f} ms"
+    return ("ok", detail, ""), replace(p, addresses=(peer,))
+
+
+def tls(p: Probe) -> tuple[Outcome, Probe]:
+    if p.opts.get("connection_class") is not SSLConnection:
+        if p.private:
+            return ("ok", "not used (redis://): fine for localhost or a private network", ""), p
+        fix = "use rediss:// if the server supports TLS"
+        return ("warn", "not used (redis://): the password and emails cross the network unencrypted", fix), p
+    # The CA as redis-py (and so rq worker) would use it: the setting, else ?ssl_ca_certs=.
+    ca_cert = p.ca_cert or p.opts.get("ssl_ca_certs")
+    try:
+        context = ssl.create_default_context()
+        if ca_cert:
+            context.load_verify_locations(ca_cert)
+        verify = str(p.opts.get("ssl_cert_reqs", "required")).lower() not in ("none", "cert_none")
         if not verify:
-            return (
-                "warn",
-                f"{version}, certificate NOT verified (ssl_cert_reqs=none)",
-                "pass --ca-cert instead",
-            )
-        return "ok", f"{version}, certificate verified", ""
+            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        with _connect(p, p.addresses) as raw, context.wrap_socket(raw, server_hostname=p.host) as sock:
+            version = sock.version()
+    except FileNotFoundError:
+        raise StepFailed(f"CA file {ca_cert} not found", "fix QUEUE_REDIS_CA_CERT or --ca-cert") from None
+    except ssl.SSLCertVerificationError as exc:
+        fix = "for a private CA or a self-signed certificate, pass it with --ca-cert or QUEUE_REDIS_CA_CERT"
+        raise StepFailed(f"the server's TLS certificate is not trusted: {exc.verify_message}", fix) from None
+    except TimeoutError:
+        raise StepFailed(f"no TLS handshake within {p.timeout:g} s: no TLS there?", _TLS_FIX) from None
+    except (ssl.SSLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise StepFailed(f"TLS handshake failed: {reason} (is it a server without TLS?)", _TLS_FIX) from None
+    if not verify:
+        detail = f"{version}, certificate NOT verified (ssl_cert_reqs=none)"
+        return ("warn", detail, "pass --ca-cert instead"), p
+    return ("ok", f"{version}, certificate verified", ""), p
 
-    def auth(self) -> Outcome:
-        # Like _connection.connect, but without retries (report failures at once) and with a CA file.
-        tls = self.opts.get("connection_class") is SSLConnection
-        extra = {"ssl_ca_certs": self.ca_cert} if tls and self.ca_cert else {}
-        self.client = redis.Redis.from_url(
-            self.url or "", socket_timeout=self.timeout, socket_connect_timeout=self.timeout,
-            retry=Retry(NoBackoff(), 0), **extra,
-        )  # fmt: skip
-        user = self.opts.get("username") or "default"
+
+def auth(p: Probe) -> tuple[Outcome, Probe]:
+    # Like _connection.connect, but without retries (report failures at once) and with a CA file.
+    is_tls = p.opts.get("connection_class") is SSLConnection
+    extra = {"ssl_ca_certs": p.ca_cert} if is_tls and p.ca_cert else {}
+    client = redis.Redis.from_url(
+        p.url or "", socket_timeout=p.timeout, socket_connect_timeout=p.timeout,
+        retry=Retry(NoBackoff(), 0), protocol=2, driver_info=None, **extra,
+    )  # fmt: skip
+    user = p.opts.get("username") or "default"
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        client.close()  # a failed step returns no probe to carry the client
+        raise _auth_failure(p, user, exc) from None
+    detail = f"logged in as {user!r}" if p.opts.get("password") else "no password needed"
+    return ("ok", detail, ""), replace(p, client=client)
+
+
+def _auth_failure(p: Probe, user: str, exc: redis.RedisError) -> StepFailed:
+    if isinstance(exc, redis.AuthenticationError):
+        if p.opts.get("password") is None:
+            fix = f"put the password in {p.source}: redis://:<password>@{p.host}:{p.port}"
+            return StepFailed(f"the server requires a password and the URL has none (NOAUTH: {exc})", fix)
+        return StepFailed(
+            f"Redis refused the password for user {user!r} ({exc})", f"check the password in {p.source}"
+        )
+    fix = f"is {p.host}:{p.port} really a Redis server? check the port in {p.source}"
+    return StepFailed(f"no Redis answer: {exc}", fix)
+
+
+def ping(p: Probe) -> tuple[Outcome, Probe]:
+    times = []
+    for _ in range(_PING_COUNT):
+        start = time.perf_counter()
+        p.conn.ping()
+        times.append((time.perf_counter() - start) * 1000)
+    median = statistics.median(times)
+    detail = f"median {median:.1f} ms over {_PING_COUNT} PINGs"
+    if median > _SLOW_PING_MS:
+        fix = "a worker makes about 27 round trips per email: run it in the same region as Redis"
+        return ("warn", detail + " (slow)", fix), p
+    return ("ok", detail, ""), p
+
+
+def server(p: Probe) -> tuple[Outcome, Probe]:
+    try:
+        info = p.conn.info("server")
+    except redis.ResponseError as exc:
+        fix = "allow INFO for this Redis user: RQ workers read the server version with INFO server"
+        raise StepFailed(f"INFO is not allowed: {exc}", fix, blocking=False) from None
+    name = "valkey" if "valkey_version" in info else str(info.get("server_name") or "redis")
+    version = info.get("valkey_version") or info.get("redis_version") or "unknown"
+    return ("ok", f"{name} {version} (redis_version {info.get('redis_version', '?')})", ""), p
+
+
+def lua(p: Probe) -> tuple[Outcome, Probe]:
+    script = "return 1"
+    for command in ("EVAL", "EVALSHA"):
         try:
-            self.conn.ping()
-        except redis.AuthenticationError as exc:
-            if self.opts.get("password") is None:
-                fix = f"put the password in {self.source}: redis://:<password>@{self.host}:{self.port}"
-                raise _Fail(
-                    f"the server requires a password and the URL has none (NOAUTH: {exc})", fix
-                ) from None
-            raise _Fail(
-                f"Redis refused the password for user {user!r} ({exc})",
-                f"check the password in {self.source}",
-            ) from None
-        except redis.RedisError as exc:
-            fix = f"is {self.host}:{self.port} really a Redis server? check the port in {self.source}"
-            raise _Fail(f"no Redis answer: {exc}", fix) from None
-        return "ok", f"logged in as {user!r}" if self.opts.get("password") else "no password needed", ""
-
-    def ping(self) -> Outcome:
-        times = []
-        for _ in range(_PING_COUNT):
-            start = time.perf_counter()
-            self.conn.ping()
-            times.append((time.perf_counter() - start) * 1000)
-        median = statistics.median(times)
-        detail = f"median {median:.1f} ms over {_PING_COUNT} PINGs"
-        if median > _SLOW_PING_MS:
-            fix = "a worker makes about 27 round trips per email: run it in the same region as Redis"
-            return "warn", detail + " (slow)", fix
-        return "ok", detail, ""
-
-    def server(self) -> Outcome:
-        try:
-            info = self.conn.info("server")
+            if command == "EVAL":
+                p.conn.eval(script, 0)
+            else:
+                p.conn.evalsha(hashlib.sha1(script.encode()).hexdigest(), 0)
         except redis.ResponseError as exc:
-            fix = "allow INFO for this Redis user: RQ workers read the server version with INFO server"
-            raise _Fail(f"INFO is not allowed: {exc}", fix, blocking=False) from None
-        name = "valkey" if "valkey_version" in info else str(info.get("server_name") or "redis")
-        version = info.get("valkey_version") or info.get("redis_version") or "unknown"
-        return "ok", f"{name} {version} (redis_version {info.get('redis_version', '?')})", ""
+            fix = "allow Lua scripts for this Redis user (ACL +eval +evalsha, or +@scripting)"
+            detail = f"{command} is refused ({exc}): emailqueue and RQ both run Lua scripts"
+            raise StepFailed(detail, fix, blocking=False) from None
+    return ("ok", "EVAL and EVALSHA work (Lua scripting)", ""), p
 
-    def eval(self) -> Outcome:
-        script = "return 1"
-        for command in ("EVAL", "EVALSHA"):
-            try:
-                if command == "EVAL":
-                    self.conn.eval(script, 0)
-                else:
-                    self.conn.evalsha(hashlib.sha1(script.encode()).hexdigest(), 0)
-            except redis.ResponseError as exc:
-                fix = "allow Lua scripts for this Redis user (ACL +eval +evalsha, or +@scripting)"
-                detail = f"{command} is refused ({exc}): emailqueue and RQ both run Lua scripts"
-                raise _Fail(detail, fix, blocking=False) from None
-        return "ok", "EVAL and EVALSHA work (Lua scripting)", ""
 
-    def client_cmds(self) -> Outcome:
-        # RQ workers name their connection and read their address back (CLIENT INFO, else LIST).
+def client_commands(p: Probe) -> tuple[Outcome, Probe]:
+    # RQ workers name their connection and read their address back (CLIENT INFO, else LIST).
+    try:
+        p.conn.client_setname(PROBE_PREFIX + "connection")
         try:
-            self.conn.client_setname(_PROBE_PREFIX + "connection")
+            p.conn.client_info()
+        except redis.ResponseError:
+            p.conn.client_list()
+    except redis.ResponseError as exc:
+        detail = (
+            f"CLIENT is refused ({exc}): RQ workers still run, but warn and show their address as unknown"
+        )
+        return ("warn", detail, "optional: allow +client|setname +client|info +client|list for this user"), p
+    return ("ok", "CLIENT SETNAME and CLIENT INFO work (used by RQ workers)", ""), p
+
+
+def round_trip(p: Probe) -> tuple[Outcome, Probe]:
+    token = secrets.token_hex(8)
+    queue = Queue(PROBE_PREFIX + token, connection=p.conn, serializer=JSONSerializer)
+    start, failure = time.perf_counter(), None
+    try:
+        queue.enqueue_call(
+            func=PROBE_FUNC_PATH, kwargs={"token": token}, job_id=queue.name, result_ttl=0, ttl=60
+        )
+        popped = Queue.dequeue_any([queue], None, connection=p.conn, serializer=JSONSerializer)
+        if popped is None or popped[0].id != queue.name:
+            failure = StepFailed("the probe job vanished between enqueue and dequeue", "is a worker on it?")
+        elif popped[0].func(**popped[0].kwargs) != "ok":
+            failure = StepFailed("the probe job did not run", "reinstall emailqueue")
+    except redis.RedisError as exc:
+        failure = StepFailed(f"Redis refused part of the RQ round trip: {exc}", "give this user +@all on ~*")
+    ms = (time.perf_counter() - start) * 1000
+    unexpected, left, complete = _clean_up(p.conn, queue, token)
+    if left:
+        fix = "delete them by hand (they belong to the check only) and allow DEL for this user"
+        raise StepFailed(f"could not delete the probe's keys: {', '.join(left)}", fix)
+    if failure is not None:
+        raise failure
+    if unexpected:
+        detail = f"RQ made keys the check did not expect: {', '.join(unexpected)} (now deleted)"
+        return ("warn", detail, "report this as an emailqueue bug"), p
+    scanned = "" if complete else "; the keyspace is too large to scan it all"
+    return ("ok", f"enqueued and dequeued a probe job in {ms:.0f} ms, no keys left behind{scanned}", ""), p
+
+
+def _clean_up(conn: redis.Redis, queue: Queue, token: str) -> tuple[list[str], list[str], bool]:
+    """Delete what the probe made; return the keys it made unexpectedly, the keys still left
+    and whether the scan covered the whole keyspace."""
+    # By hand: Queue.delete(delete_jobs=True) empties the queue with a Lua script, which a
+    # user without EVAL cannot run, and the check must clean up after itself regardless.
+    intermediate = IntermediateQueue(queue.key, conn)
+    job_id, planned = queue.name, [queue.key, intermediate.key]
+    planned += [Job.key_for(job_id), intermediate.get_first_seen_key(job_id)]
+    unexpected: list[str] = []
+    found: set[str] = set()
+    complete = True
+    for attempt in range(2):
+        with suppress(redis.RedisError), conn.pipeline(transaction=False) as pipe:
+            pipe.delete(*planned, *(k for k in unexpected if " " not in k))
+            pipe.srem(queue.redis_queues_keys, queue.key)
+            pipe.execute()
+        found, complete = _keys_matching(conn, token)
+        if conn.sismember(queue.redis_queues_keys, queue.key):
+            found.add(f"{queue.key} in {queue.redis_queues_keys}")
+        unexpected = unexpected if attempt else sorted(found)
+    return unexpected, sorted(found), complete
+
+
+def _keys_matching(conn: redis.Redis, token: str) -> tuple[set[str], bool]:
+    found: set[str] = set()
+    cursor = 0
+    for _ in range(_SCAN_CALLS):
+        cursor, keys = conn.scan(cursor, match=f"*{token}*", count=1000)
+        found.update(k.decode() if isinstance(k, bytes) else str(k) for k in keys)
+        if cursor == 0:
+            return found, True
+    return found, False
+
+
+#: The steps of the connection itself: enough to say why a command could not reach Redis.
+CONNECTION_STEPS: tuple[tuple[str, Step], ...] = (
+    ("url", check_url), ("dns", dns), ("tcp", tcp), ("tls", tls), ("auth", auth),
+)  # fmt: skip
+#: Every Redis step of ``emailqueue check``, in order.
+REDIS_STEPS: tuple[tuple[str, Step], ...] = (
+    *CONNECTION_STEPS, ("ping", ping), ("server", server), ("eval", lua),
+    ("client", client_commands), ("round_trip", round_trip),
+)  # fmt: skip
+_UNIX_SOCKET_SKIPS = frozenset({"dns", "tcp", "tls"})
+
+
+def run_steps(probe: Probe, steps: tuple[tuple[str, Step], ...] = REDIS_STEPS) -> list[StepResult]:
+    """Run ``steps`` in order, threading the probe; a step after a blocking failure is ``skip``.
+
+    The Redis client the auth step opens is closed before this returns.
+    """
+    results: list[StepResult] = []
+    blocked: str | None = None
+    try:
+        for name, step in steps:
+            if blocked:
+                results.append(StepResult(name, "skip", f"skipped: the {blocked} step failed"))
+                continue
+            if probe.unix_socket and name in _UNIX_SOCKET_SKIPS:
+                results.append(StepResult(name, "ok", "not needed for a unix socket"))
+                continue
             try:
-                self.conn.client_info()
-            except redis.ResponseError:
-                self.conn.client_list()
-        except redis.ResponseError as exc:
-            detail = (
-                f"CLIENT is refused ({exc}): RQ workers still run, but warn and show their address as unknown"
-            )
-            return "warn", detail, "optional: allow +client|setname +client|info +client|list for this user"
-        return "ok", "CLIENT SETNAME and CLIENT INFO work (used by RQ workers)", ""
+                (status, detail, fix), probe = step(probe)
+            except StepFailed as exc:
+                status, detail, fix = "fail", exc.detail, exc.fix
+                blocked = name if exc.blocking else None
+            except redis.RedisError as exc:
+                status, detail, fix, blocked = "fail", f"unexpected Redis error: {exc}", "", name
+            results.append(StepResult(name, status, detail, fix))
+    finally:
+        if probe.client is not None:
+            probe.client.close()
+    return results
 
-    def round_trip(self) -> Outcome:
-        token = secrets.token_hex(8)
-        queue = Queue(_PROBE_PREFIX + token, connection=self.conn, serializer=JSONSerializer)
-        start, failure = time.perf_counter(), None
-        try:
-            queue.enqueue_call(
-                func=PROBE_FUNC_PATH, kwargs={"token": token}, job_id=queue.name, result_ttl=0, ttl=60
-            )
-            popped = Queue.dequeue_any([queue], None, connection=self.conn, serializer=JSONSerializer)
-            if popped is None or popped[0].id != queue.name:
-                failure = _Fail("the probe job vanished between enqueue and dequeue", "is a worker on it?")
-            elif popped[0].func(**popped[0].kwargs) != "ok":
-                failure = _Fail("the probe job did not run", "reinstall emailqueue")
-        except redis.RedisError as exc:
-            failure = _Fail(f"Redis refused part of the RQ round trip: {exc}", "give this user +@all on ~*")
-        ms = (time.perf_counter() - start) * 1000
-        unexpected, left, complete = self._clean_up(queue, token)
-        if left:
-            fix = "delete them by hand (they belong to the check only) and allow DEL for this user"
-            raise _Fail(f"could not delete the probe's keys: {', '.join(left)}", fix)
-        if failure is not None:
-            raise failure
-        if unexpected:
-            detail = f"RQ made keys the check did not expect: {', '.join(unexpected)} (now deleted)"
-            return "warn", detail, "report this as an emailqueue bug"
-        scanned = "" if complete else "; the keyspace is too large to scan it all"
-        return "ok", f"enqueued and dequeued a probe job in {ms:.0f} ms, no keys left behind{scanned}", ""
 
-    def _clean_up(self, queue: Queue, token: str) -> tuple[list[str], list[str], bool]:
-        """Delete what the probe made; return the keys it made unexpectedly, the keys still left
-        and whether the scan covered the whole keyspace."""
-        # By hand: Queue.delete(delete_jobs=True) empties the queue with a Lua script, which a
-        # user without EVAL cannot run, and the check must clean up after itself regardless.
-        intermediate = IntermediateQueue(queue.key, self.conn)
-        job_id, planned = queue.name, [queue.key, intermediate.key]
-        planned += [Job.key_for(job_id), intermediate.get_first_seen_key(job_id)]
-        unexpected: list[str] = []
-        for attempt in range(2):
-            with suppress(redis.RedisError), self.conn.pipeline(transaction=False) as pipe:
-                pipe.delete(*planned, *(k for k in unexpected if " " not in k))
-                pipe.srem(queue.redis_queues_keys, queue.key)
-                pipe.execute()
-            found, complete = self._keys_matching(token)
-            if self.conn.sismember(queue.redis_queues_keys, queue.key):
-                found.add(f"{queue.key} in {queue.redis_queues_keys}")
-            unexpected = unexpected if attempt else sorted(found)
-        return unexpected, sorted(found), complete
-
-    def _keys_matching(self, token: str) -> tuple[set[str], bool]:
-        found: set[str] = set()
-        cursor = 0
-        for _ in range(_SCAN_CALLS):
-            cursor, keys = self.conn.scan(cursor, match=f"*{token}*", count=1000)
-            found.update(k.decode() if isinstance(k, bytes) else str(k) for k in keys)
-            if cursor == 0:
-                return found, True
-        return found, False
+def diagnose(
+    url: str, *, source: str = "QUEUE_REDIS_URL", ca_cert: str | None = None, timeout: float = 2.0
+) -> StepResult | None:
+    """Why Redis at ``url`` cannot be used: the first failing connection step (refused, no such
+    host, TLS against a plain server, a missing or wrong password), or None if it connects."""
+    results = run_steps(Probe(url, source, ca_cert=ca_cert, timeout=timeout), CONNECTION_STEPS)
+    return next((r for r in results if r.status == "fail"), None)

@@ -1,4 +1,10 @@
-"""Settings, read from the environment and from ``.env``.
+"""Settings: the one place every setting is resolved, for the library and every command.
+
+Each setting comes from, in order: arguments passed to :class:`Settings`, the environment, the
+``.env`` file of the current directory, and last a running ``emailqueue dev`` of this project
+(its Redis URL and a default sender, see :mod:`emailqueue._devstate`). The dev state only
+applies when no Redis URL is configured, or when the configured one is the one dev uses, and
+never when ``VERCEL_ENV=production``.
 
 Nothing here runs at import time: call :func:`load_settings` (the library does, lazily) or
 build :class:`Settings` yourself and pass it in.
@@ -8,12 +14,16 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
+from dotenv import dotenv_values
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ._constants import DEFAULT_QUEUE_NAME
+from ._devstate import DevState, find_state
 from ._exceptions import ConfigurationError
 
 #: Where the Redis URL may come from, in order. Vercel's Upstash integration injects the last two.
@@ -22,6 +32,42 @@ REDIS_URL_VARIABLES = ("QUEUE_REDIS_URL", "REDIS_URL", "KV_URL")
 _DAY = 24 * 3600
 
 Seconds = Annotated[float, Field(gt=0)]
+
+
+def _url_in(values: dict[str, Any]) -> str | None:
+    for key in ("queue_redis_url", *REDIS_URL_VARIABLES):
+        for name in (key, key.lower(), key.upper()):
+            value = values.get(name)
+            if isinstance(value, str) and value.strip():
+                return value.strip()
+    return None
+
+
+class DevStateSource(PydanticBaseSettingsSource):
+    """The last source: a running ``emailqueue dev`` of this project (found from any subdirectory).
+
+    It supplies the Redis URL and a default sender when nothing else configures a URL, or when
+    the configured URL is the one dev runs on (dev read it from the same ``.env``).
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], *higher: PydanticBaseSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self.higher = higher
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ answers for every field at once
+
+    def __call__(self) -> dict[str, Any]:
+        configured: dict[str, Any] = {}
+        for source in reversed(self.higher):
+            configured.update(source())
+        vercel_env = next((v for k, v in configured.items() if k.lower() == "vercel_env"), None)
+        if vercel_env == "production":
+            return {}
+        state = find_state()
+        if state is None or _url_in(configured) not in (None, state.redis_url):
+            return {}
+        return {"QUEUE_REDIS_URL": state.redis_url, "email_from": state.email_from}
 
 
 class Settings(BaseSettings):
@@ -98,6 +144,18 @@ class Settings(BaseSettings):
     emailqueue_outbox_dir: str = Field(
         default=".emailqueue/outbox", description="Where dev mode writes emails when RESEND_API_KEY is unset."
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        dev_state = DevStateSource(settings_cls, init_settings, env_settings, dotenv_settings)
+        return init_settings, env_settings, dotenv_settings, dev_state, file_secret_settings
 
     @field_validator("queue_redis_url")
     @classmethod
@@ -179,11 +237,33 @@ def load_settings(**overrides: object) -> Settings:
                 field = next((v for v in REDIS_URL_VARIABLES if os.environ.get(v)), "QUEUE_REDIS_URL")
             problems.append(f"{field.upper()}: {err['msg']}")
         raise ConfigurationError("invalid configuration: " + "; ".join(problems)) from None
-    if settings.queue_redis_url is None and settings.vercel_env != "production":
-        # `emailqueue dev` running in this directory: use its embedded Redis.
-        from ._devstate import read_state
-
-        url = read_state()
-        if url:
-            settings = settings.model_copy(update={"queue_redis_url": url})
     return settings
+
+
+def dev_state_for(settings: Settings) -> DevState | None:
+    """The running ``emailqueue dev`` these settings talk to (same Redis URL), if any."""
+    state = find_state()
+    if state is None or settings.vercel_env == "production" or settings.queue_redis_url != state.redis_url:
+        return None
+    return state
+
+
+def redis_url_source(settings: Settings, *, env_file: Path = Path(".env")) -> str:
+    """Where ``settings.queue_redis_url`` came from, for messages: ``REDIS_URL``, ``QUEUE_REDIS_URL
+    in .env``, ``emailqueue dev (<project>)``; or, when there is none, why.
+
+    It only names the source; the value is the one :class:`Settings` resolved.
+    """
+    url = settings.queue_redis_url
+    if url is None:
+        return "QUEUE_REDIS_URL is not set (nor REDIS_URL or KV_URL), and no `emailqueue dev` runs here"
+    environ = {k.upper(): v for k, v in os.environ.items()}
+    dotenv = {k.upper(): v or "" for k, v in dotenv_values(env_file).items()} if env_file.is_file() else {}
+    for where, values in (("", environ), (" in .env", dotenv)):
+        for name in REDIS_URL_VARIABLES:
+            if (values.get(name) or "").strip() == url:
+                return name + where
+    state = dev_state_for(settings)
+    if state is not None:
+        return f"emailqueue dev ({state.project})"
+    return "the settings"

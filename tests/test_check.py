@@ -17,7 +17,8 @@ from urllib.parse import quote
 import pytest
 import redis
 
-from emailqueue._check import check_api_key, locate_url, main, run_checks
+from emailqueue._check import check_api_key, main, run_checks
+from emailqueue._settings import load_settings, redis_url_source
 from emailqueue._check_redis import PROBE_FUNC_PATH, StepResult, probe, upstash_tls_hint
 from emailqueue._embedded import EmbeddedRedis
 from emailqueue._settings import REDIS_URL_VARIABLES, Settings
@@ -316,18 +317,28 @@ def test_a_url_that_is_not_a_redis_url_fails_the_url_step(
     assert "s3cr3t-token" not in out
 
 
-def test_the_url_source_follows_the_settings_precedence(tmp_path: Path) -> None:
-    assert locate_url({"REDIS_URL": "redis://a:1", "KV_URL": "redis://b:1"}, {}) == (
-        "redis://a:1",
-        "REDIS_URL",
-    )
-    assert locate_url({"KV_URL": "redis://b:1"}, {"QUEUE_REDIS_URL": "redis://c:1"}) == (
-        "redis://b:1",
-        "KV_URL",
-    )
-    assert locate_url({}, {"REDIS_URL": "redis://c:1"}) == ("redis://c:1", "REDIS_URL in .env")
+def test_the_url_source_names_where_the_settings_found_the_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in ("QUEUE_REDIS_URL", "REDIS_URL", "KV_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("REDIS_URL", "redis://a:1")
+    monkeypatch.setenv("KV_URL", "redis://b:1")
+    settings = load_settings()
+    assert (settings.queue_redis_url, redis_url_source(settings)) == ("redis://a:1", "REDIS_URL")
+    monkeypatch.delenv("REDIS_URL")
+    (tmp_path / ".env").write_text("QUEUE_REDIS_URL=redis://c:1\n")
+    settings = load_settings()
+    assert (settings.queue_redis_url, redis_url_source(settings)) == ("redis://b:1", "KV_URL")
+    monkeypatch.delenv("KV_URL")
+    settings = load_settings()
+    assert (settings.queue_redis_url, redis_url_source(settings)) == ("redis://c:1", "QUEUE_REDIS_URL in .env")
     # An empty variable is ignored, as the settings ignore it (env_ignore_empty).
-    assert locate_url({"QUEUE_REDIS_URL": "", "REDIS_URL": "redis://a:1"}, {}) == ("redis://a:1", "REDIS_URL")
+    monkeypatch.setenv("QUEUE_REDIS_URL", "")
+    monkeypatch.setenv("REDIS_URL", "redis://a:1")
+    settings = load_settings()
+    assert (settings.queue_redis_url, redis_url_source(settings)) == ("redis://a:1", "REDIS_URL")
 
 
 def test_an_empty_queue_redis_url_does_not_hide_redis_url(
