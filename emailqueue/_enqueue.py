@@ -206,7 +206,7 @@ def write_jobs(
         for field, value in job.mapping.items():
             args += [field, value]
     script = connection.register_script(_ENQUEUE_LUA)
-    with redis_errors("enqueue"):
+    with redis_errors("enqueue", connection):
         failed = FailedJobRegistry(queue=queue).key
         ok, items = script(keys=[queue.key, queue.redis_queues_keys, failed], args=args)
     values = [v.decode() if isinstance(v, bytes) else str(v) for v in items]

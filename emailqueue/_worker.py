@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 from typing import Any
 from urllib.parse import quote
@@ -76,6 +77,21 @@ def worker_command(settings: Settings, url: str, *, burst: bool = False) -> tupl
     return argv, {"RQ_REDIS_URL": url, "RQ_JOB_CLASS": JOB_CLASS_PATH}
 
 
+class OneLineJobErrors(logging.Filter):
+    """A job that fails with one of emailqueue's own errors (no API key, a send Resend refused) is
+    logged as that error's one line, not RQ's full traceback: it says what is wrong already."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and args and "exception raised while executing" in str(record.msg):
+            last = (str(args[-1]).strip().splitlines() or [""])[-1]
+            if last.startswith("emailqueue."):
+                qualified, _, message = last.partition(": ")
+                record.msg = "Worker %s: job %s: %s: %s"
+                record.args = (args[0], args[1], qualified.rsplit(".", 1)[-1], message)
+        return True
+
+
 def main() -> None:
     from rq.cli.cli import main as rq_main
 
@@ -85,6 +101,7 @@ def main() -> None:
     # Without a key each job reports it and waits for the fix without spending an attempt.
     with contextlib.suppress(ConfigurationError):
         _jobs._default_runtime()
+    logging.getLogger("rq.worker").addFilter(OneLineJobErrors())
     rq_main(args=sys.argv[1:], prog_name="rq")
 
 
