@@ -32,7 +32,7 @@ class OutboxEntry:
     path: Path
     payload: dict[str, Any]
     idempotency_key: str
-    written_at: str
+    written_at: str  #: readable, e.g. ``2026-11-29 23:45:34 UTC``
 
 
 class OutboxClient:
@@ -90,18 +90,31 @@ def render_html(email: dict[str, Any]) -> str:
         ]
         if email.get(key)
     )
+    parts = []
     if email.get("html"):
-        body = f'<iframe sandbox="" srcdoc="{html.escape(str(email["html"]), quote=True)}"></iframe>'
-    else:
-        body = f"<pre>{html.escape(str(email.get('text', '')))}</pre>"
+        parts.append(
+            "<h3>HTML part</h3>"
+            f'<iframe sandbox="" srcdoc="{html.escape(str(email["html"]), quote=True)}"></iframe>'
+        )
+    if email.get("text") or not parts:
+        parts.append(f"<h3>Text part</h3><pre>{html.escape(str(email.get('text') or '(none)'))}</pre>")
+    body = "".join(parts)
     return (
         "<!doctype html><meta charset='utf-8'><title>"
         + html.escape(str(email.get("subject", "")))
         + "</title>"
         "<style>body{font:14px system-ui;margin:2em}th{text-align:left;padding-right:1em;color:#555}"
-        "iframe{width:100%;height:70vh;border:1px solid #ddd}</style>"
+        "iframe{width:100%;height:60vh;border:1px solid #ddd}pre{white-space:pre-wrap}</style>"
         f"<table>{rows}</table><hr>{body}"
     )
+
+
+def readable_stamp(stamp: str) -> str:
+    """``20261129T234534678643`` (the file name's sortable stamp) -> ``2026-11-29 23:45:34 UTC``."""
+    try:
+        return datetime.strptime(stamp, "%Y%m%dT%H%M%S%f").strftime("%Y-%m-%d %H:%M:%S UTC")
+    except ValueError:
+        return stamp
 
 
 def list_outbox(directory: str | Path = DEFAULT_OUTBOX) -> list[OutboxEntry]:
@@ -118,7 +131,7 @@ def list_outbox(directory: str | Path = DEFAULT_OUTBOX) -> list[OutboxEntry]:
                 path=path,
                 payload=record["email"],
                 idempotency_key=str(record["idempotency_key"]),
-                written_at=str(record["written_at"]),
+                written_at=readable_stamp(str(record["written_at"])),
             )
         )
     return entries

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 
 from emailqueue import ConfigurationError, QueueError, __version__
 from emailqueue.web._limits import BodyLimit
-from emailqueue.web._routes import admin, cron, dev, health
+from emailqueue.web._routes import admin, cron, dev, health, home
 
 log = logging.getLogger("emailqueue.api")
 
@@ -37,6 +37,7 @@ def create_app() -> FastAPI:
     app.include_router(admin.router)
     app.include_router(health.router)
     app.include_router(dev.router)
+    app.include_router(home.router)  # GET / in dev mode
     app.add_exception_handler(QueueError, _queue_error)
     app.add_exception_handler(ConfigurationError, _configuration_error)
     app.add_exception_handler(HTTPException, _http_error)
