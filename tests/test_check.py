@@ -18,10 +18,9 @@ import pytest
 import redis
 
 from emailqueue._check import check_api_key, main, run_checks
-from emailqueue._settings import load_settings, redis_url_source
 from emailqueue._check_redis import PROBE_FUNC_PATH, StepResult, probe, upstash_tls_hint
 from emailqueue._embedded import EmbeddedRedis
-from emailqueue._settings import REDIS_URL_VARIABLES, Settings
+from emailqueue._settings import REDIS_URL_VARIABLES, Settings, load_settings, redis_url_source
 from emailqueue.testing import FakeResend
 
 ROOT = Path(__file__).resolve().parents[1]
