@@ -17,7 +17,7 @@ import redis
 from emailqueue._embedded import EmbeddedRedis
 from emailqueue.testing import FakeResend
 
-from . import _coldstart, _costs, _global_limit, _report, _speed
+from . import _coldstart, _costs, _devidle, _global_limit, _report, _speed
 from ._env import Env, Sample
 from ._report import Row
 
@@ -32,10 +32,18 @@ class Sizes:
     throughput_n: int  # single emails for the 50 ms throughput race
     batch_n: int  # recipients of the rate-limited batch fan-out
     global_n: int  # single emails shared by 3 drains and a VM worker at 2 req/s
+    idle_window_s: float  # how long dev's idle CPU is measured
+    idle_venv_pip: bool  # the project's virtualenv has pip (about a thousand .py files)
 
 
-FULL = Sizes(reps=5, drain_n=200, fanout_n=1000, throughput_n=48, batch_n=1000, global_n=16)
-QUICK = Sizes(reps=1, drain_n=20, fanout_n=200, throughput_n=16, batch_n=200, global_n=6)
+FULL = Sizes(
+    reps=5, drain_n=200, fanout_n=1000, throughput_n=48, batch_n=1000, global_n=16, idle_window_s=30,
+    idle_venv_pip=True,
+)  # fmt: skip
+QUICK = Sizes(
+    reps=1, drain_n=20, fanout_n=200, throughput_n=16, batch_n=200, global_n=6, idle_window_s=2,
+    idle_venv_pip=False,
+)  # fmt: skip
 
 
 def _log(message: str) -> None:
@@ -53,6 +61,7 @@ def run(sizes: Sizes) -> tuple[dict[str, list[float]], Env, dict[str, str]]:
         ("batch fan-out at 2 req/s", lambda env: _speed.batch_fanout(env, sizes.batch_n)),
         ("global limit", lambda env: _global_limit.global_limit(env, sizes.global_n)),
         ("cold start", lambda env: _coldstart.cold_start()),
+        ("dev idle", lambda env: _devidle.idle_sample(sizes.idle_window_s, pip=sizes.idle_venv_pip)),
     ]
     spread: dict[str, list[float]] = {}
     with EmbeddedRedis() as server, FakeResend() as fake:
@@ -141,6 +150,14 @@ def rows(m: dict[str, float], sizes: Sizes) -> list[Row]:
             True,
             "",
         ),
+        at_most(
+            "9",
+            f"`emailqueue dev` idle in a project holding a virtualenv: CPU, % of one core over "
+            f"{sizes.idle_window_s:g} s",
+            "raw_idle_cpu_pct",
+            "dev_idle_cpu_pct",
+            2,
+        ),
     ]
 
 
@@ -172,6 +189,12 @@ def method(sizes: Sizes, details: dict[str, str]) -> list[str]:
         "pydantic_settings, redis'`, 2 of each per repetition in alternating order, after one unmeasured "
         "run of each: wall time (what a cold function pays) and the child's CPU time (user + sys, "
         "which other load on the machine does not inflate).",
+        f"9: `emailqueue dev` (defaults: no reload) started in a temp project holding a virtualenv "
+        f"({'with' if sizes.idle_venv_pip else 'without'} pip), embedded server, no key; once the API "
+        f"answers and 3 s later, the CPU time (user + sys, /proc) of its whole process tree over "
+        f"{sizes.idle_window_s:g} s of wall time. Baseline: a stock `rq worker --with-scheduler` and "
+        "its embedded server, idle, measured the same way. Before issue 12 (reload on by default, "
+        "scanning the virtualenv) dev used 20% of a core here.",
     ]
 
 

@@ -102,14 +102,17 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def make_project(root: Path) -> Path:
+def make_project(root: Path, *, pip: bool = True) -> Path:
     """A project directory holding a real virtualenv (with pip: about a thousand .py files)."""
-    subprocess.run([sys.executable, "-m", "venv", str(root / "venv")], check=True, capture_output=True)
+    argv = [sys.executable, "-m", "venv", str(root / "venv")] + ([] if pip else ["--without-pip"])
+    subprocess.run(argv, check=True, capture_output=True)
     (root / "app.py").write_text("print('my app')\n")
     return root
 
 
-def dev_idle_pct(window_s: float = 30.0, settle_s: float = 3.0, extra: tuple[str, ...] = ()) -> float:
+def dev_idle_pct(
+    window_s: float = 30.0, settle_s: float = 3.0, extra: tuple[str, ...] = (), *, pip: bool = True
+) -> float:
     """% of one core the whole ``emailqueue dev`` tree uses while idle, in a dir with a venv."""
     env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
     exe = str(Path(sys.executable).with_name("emailqueue"))
@@ -117,7 +120,7 @@ def dev_idle_pct(window_s: float = 30.0, settle_s: float = 3.0, extra: tuple[str
         tempfile.TemporaryDirectory(prefix="eq-devidle-") as tmp,
         tempfile.NamedTemporaryFile(prefix="eq-devidle-", suffix=".log", delete=False) as log,
     ):
-        project, port = make_project(Path(tmp)), _free_port()
+        project, port = make_project(Path(tmp), pip=pip), _free_port()
         proc = subprocess.Popen(
             [exe, "dev", "--port", str(port), *extra],
             cwd=project,
@@ -159,12 +162,23 @@ def rq_idle_pct(window_s: float = 30.0, settle_s: float = 3.0) -> float:
             worker.wait(30)
 
 
+def idle_sample(window_s: float, *, pip: bool = True) -> dict[str, float]:
+    """One repetition of bench row 9: dev and the raw-RQ baseline, the same window each."""
+    settle = min(3.0, window_s)
+    return {
+        "raw_idle_cpu_pct": rq_idle_pct(window_s, settle),
+        "dev_idle_cpu_pct": dev_idle_pct(window_s, settle, pip=pip),
+    }
+
+
 def main() -> None:
+    """``python -m bench._devidle [SECONDS] [DEV ARGS...]``: both figures, printed."""
     window = float(sys.argv[1]) if len(sys.argv) > 1 else 30.0
     extra = tuple(sys.argv[2:])
     print(f"rq worker + server idle: {rq_idle_pct(window):.2f}% of one core over {window:g} s")
     pct = dev_idle_pct(window, extra=extra)
-    print(f"emailqueue dev {' '.join(extra)} idle (venv in the project): {pct:.2f}% of one core over {window:g} s")
+    args = " ".join(extra)
+    print(f"emailqueue dev {args} idle (venv in the project): {pct:.2f}% of one core over {window:g} s")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import pytest
 from bench._cli import QUICK, rows
 
 ROOT = Path(__file__).resolve().parents[1]
-KEYS = ["1a", "1b", "2a", "2b", "3a", "3b", "4a", "4b", "5", "6a", "6b", "7a", "7b", "8a", "8b", "8c"]
+KEYS = ["1a", "1b", "2a", "2b", "3a", "3b", "4a", "4b", "5", "6a", "6b", "7a", "7b", "8a", "8b", "8c", "9"]
 NUMBER = r"-?\d+(?:\.\d+)?"
 
 #: Medians that meet every target, for judging the verdicts without running anything.
@@ -49,6 +49,8 @@ GOOD = {
     "stack_cpu_ms": 800.0,
     "app_cpu_ms": 880.0,
     "first_run_ms": 1100.0,
+    "raw_idle_cpu_pct": 0.3,
+    "dev_idle_cpu_pct": 0.7,
 }
 
 
@@ -123,6 +125,7 @@ def test_every_target_passes_on_figures_that_meet_it() -> None:
         ("global_rate_pct", 89.9, "7b"),
         ("app_ms", 1040.0, "8a"),  # 1.16x the stack's 900 ms
         ("app_cpu_ms", 930.0, "8b"),
+        ("dev_idle_cpu_pct", 2.1, "9"),  # issue 12: at most 2% of one core
     ],
 )
 def test_a_figure_that_misses_its_target_fails_that_row_only(figure: str, value: float, key: str) -> None:
