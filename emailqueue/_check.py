@@ -21,6 +21,7 @@ import httpx
 from dotenv import dotenv_values
 
 from ._check_redis import PROBE_PREFIX, Probe, Resolver, StepFailed, StepResult, resolve_host, run_steps
+from ._devstate import env_file
 from ._exceptions import ConfigurationError, SendError
 from ._redact import mask_email
 from ._resend import ResendClient, build_http_client
@@ -210,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def raw(name: str) -> str | None:  # only when the settings are invalid: the raw variable
         environ = {k.upper(): v for k, v in os.environ.items()}
-        dotenv = {k.upper(): v or "" for k, v in dotenv_values(".env").items()}
+        dotenv = {k.upper(): v or "" for k, v in dotenv_values(env_file()).items()}
         return (environ.get(name, dotenv.get(name)) or "").strip() or None
 
     if args.url:

@@ -129,7 +129,7 @@ class DevRunner:
                 f"emailqueue dev already runs for this project ({running.project}, pid {running.pid}); "
                 "use that one, or stop it first"
             )
-        if importlib.util.find_spec("uvicorn") is None:
+        if not _installed("uvicorn"):
             raise ConfigurationError(
                 "the dev API needs uvicorn, which is not installed: pip install 'emailqueue[server]'"
             )
@@ -331,6 +331,13 @@ class DevRunner:
             clear_state(self.state_dir)
         if self._children:
             self.say("stopped")
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ValueError:  # sys.modules[module] is None: its import is blocked
+        return False
 
 
 def _silence(stream: IO[str]) -> None:

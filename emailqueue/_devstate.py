@@ -6,6 +6,8 @@ finds its repository: walk up from the current directory to the project's root. 
 read it last, after the environment and ``.env`` (see :mod:`emailqueue._settings`); it is never
 read in production.
 
+The same walk finds the project's ``.env`` from a subdirectory that has none of its own.
+
 The project's root is the nearest directory, from the current one upwards, that holds a
 ``.emailqueue/`` directory or a project marker (``.git``, ``pyproject.toml``, ``setup.py``,
 ``.env``); failing both, the current directory. The walk stops at a marker, so a directory
@@ -47,6 +49,12 @@ def project_dir(start: Path | None = None) -> Path:
         if any((directory / marker).exists() for marker in PROJECT_MARKERS):
             return directory
     return here
+
+
+def env_file(start: Path | None = None) -> Path:
+    """The ``.env`` the settings read: the current directory's, else the project root's."""
+    here = start or Path.cwd()
+    return here / ".env" if (here / ".env").is_file() else project_dir(here) / ".env"
 
 
 def state_dir(start: Path | None = None) -> Path:

@@ -20,10 +20,15 @@ from typing import Annotated, Any
 from dotenv import dotenv_values
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from ._constants import DEFAULT_QUEUE_NAME
-from ._devstate import DevState, find_state
+from ._devstate import DevState, env_file, find_state
 from ._exceptions import ConfigurationError
 
 #: Where the Redis URL may come from, in order. Vercel's Upstash integration injects the last two.
@@ -154,6 +159,10 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        if isinstance(dotenv_settings, DotEnvSettingsSource) and dotenv_settings.env_file == ".env":
+            # The default `.env`: the current directory's, else the project root's, so that a
+            # subdirectory sees the settings its project (and its `emailqueue dev`) sees.
+            dotenv_settings = DotEnvSettingsSource(settings_cls, env_file=env_file())
         dev_state = DevStateSource(settings_cls, init_settings, env_settings, dotenv_settings)
         return init_settings, env_settings, dotenv_settings, dev_state, file_secret_settings
 
@@ -248,7 +257,7 @@ def dev_state_for(settings: Settings) -> DevState | None:
     return state
 
 
-def redis_url_source(settings: Settings, *, env_file: Path = Path(".env")) -> str:
+def redis_url_source(settings: Settings, *, dotenv_path: Path | None = None) -> str:
     """Where ``settings.queue_redis_url`` came from, for messages: ``REDIS_URL``, ``QUEUE_REDIS_URL
     in .env``, ``emailqueue dev (<project>)``; or, when there is none, why.
 
@@ -258,7 +267,8 @@ def redis_url_source(settings: Settings, *, env_file: Path = Path(".env")) -> st
     if url is None:
         return "QUEUE_REDIS_URL is not set (nor REDIS_URL or KV_URL), and no `emailqueue dev` runs here"
     environ = {k.upper(): v for k, v in os.environ.items()}
-    dotenv = {k.upper(): v or "" for k, v in dotenv_values(env_file).items()} if env_file.is_file() else {}
+    path = dotenv_path or env_file()
+    dotenv = {k.upper(): v or "" for k, v in dotenv_values(path).items()} if path.is_file() else {}
     for where, values in (("", environ), (" in .env", dotenv)):
         for name in REDIS_URL_VARIABLES:
             if (values.get(name) or "").strip() == url:
