@@ -7,13 +7,17 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
+from emailqueue import QueueError, send_email
 from emailqueue._cli import main
+from emailqueue._embedded import EmbeddedRedis
 from emailqueue.testing import FakeResend
+from tests.helpers.devproc import clean_env, free_port
 
 EXE = str(Path(sys.executable).with_name("emailqueue"))
 
@@ -116,7 +120,8 @@ def test_unreachable_redis_is_one_line(
     monkeypatch.chdir(tmp_path)
     code, _ = run("status")
     err = capsys.readouterr().err
-    assert code == 1 and "cannot reach Redis" in err
+    assert code == 1 and "connection refused: is Redis running on 127.0.0.1:1?" in err
+    assert err.count("\n") == 1
 
 
 def test_debug_shows_the_traceback(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -164,3 +169,141 @@ def test_drain_progress_bar_on_a_terminal(env: dict[str, str], fake_resend: Fake
     assert main(["drain", "--max-jobs", "3"], out=out) == 0
     text = out.getvalue()
     assert "\r[" in text and "3/3" in text and "sent 3" in text
+
+
+# -- one clear line for every way Redis cannot be used, on every command and send_email ----------
+
+
+@pytest.fixture(scope="module")
+def locked_server() -> Iterator[EmbeddedRedis]:
+    with EmbeddedRedis(password="s3cret-pw") as server:
+        yield server
+
+
+BAD_REDIS = {
+    "refused": ("redis://127.0.0.1:{free}/0", "connection refused: is Redis running"),
+    "no password": ("redis://127.0.0.1:{locked}/0", "the server requires a password and the URL has none"),
+    "wrong password": (
+        "redis://:wrong-pw@127.0.0.1:{locked}/0",
+        "Redis refused the password for user 'default'",
+    ),
+    "tls to a plain server": ("rediss://127.0.0.1:{plain}/0", "use redis:// for a server without TLS"),
+    "unknown host": ("redis://no-such-host.invalid:6379/0", "cannot resolve host 'no-such-host.invalid'"),
+}
+COMMANDS = {
+    "status": ["status"],
+    "failed list": ["failed", "list"],
+    "drain": ["drain"],
+    "send": ["send", "--to", "a@example.com", "--subject", "Hi", "--text", "x"],
+    "worker": ["worker", "--burst"],
+}
+
+
+def bad_url(case: str, locked: EmbeddedRedis, plain_url: str) -> tuple[str, str]:
+    template, expected = BAD_REDIS[case]
+    plain = plain_url.rsplit(":", 1)[1].split("/")[0]
+    return template.format(free=free_port(), locked=locked.port, plain=plain), expected
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+@pytest.mark.parametrize("case", list(BAD_REDIS))
+def test_an_unusable_redis_is_one_clear_line_on_every_command(
+    case: str,
+    command: str,
+    locked_server: EmbeddedRedis,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    url, expected = bad_url(case, locked_server, redis_url)
+    for name in ["REDIS_URL", "KV_URL", "EMAILQUEUE_DEV", "VERCEL_ENV"]:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("QUEUE_REDIS_URL", url)
+    monkeypatch.setenv("RESEND_API_KEY", "re_" + "x" * 30)  # a drain must fail on the URL, not on a key
+    monkeypatch.setenv("EMAIL_FROM", "App <app@example.com>")
+    monkeypatch.chdir(tmp_path)
+    code, _ = run(*COMMANDS[command])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.count("\n") == 1 and expected in err and "fix:" in err, err
+    assert "Traceback" not in err and "s3cret-pw" not in err and "wrong-pw" not in err
+
+
+@pytest.mark.parametrize("case", list(BAD_REDIS))
+def test_send_email_gives_the_same_diagnosis(
+    case: str, locked_server: EmbeddedRedis, redis_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    url, expected = bad_url(case, locked_server, redis_url)
+    monkeypatch.setenv("QUEUE_REDIS_URL", url)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(QueueError) as caught:
+        send_email(from_="a@example.com", to="b@example.com", subject="Hi", text="x")
+    assert expected in str(caught.value) and "\n" not in str(caught.value)
+    assert "wrong-pw" not in str(caught.value)
+
+
+def test_drain_checks_the_url_before_the_key(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ["RESEND_API_KEY", "REDIS_URL", "KV_URL", "EMAILQUEUE_DEV"]:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("QUEUE_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+    monkeypatch.chdir(tmp_path)
+    assert run("drain")[0] == 1
+    err = capsys.readouterr().err
+    assert "connection refused" in err and "RESEND_API_KEY" not in err
+
+
+def test_worker_warns_without_a_key_and_logs_each_job_error_in_one_line(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    assert run("send", "--to", "bob@example.com", "--subject", "Hi", "--text", "x")[0] == 0
+    no_key = {k: v for k, v in env.items() if k != "RESEND_API_KEY"}
+    done = subprocess.run(
+        [EXE, "worker", "--burst"], capture_output=True, text=True, timeout=60, env=no_key, cwd=tmp_path
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-2000:]
+    assert done.stderr.startswith("emailqueue worker: warning: RESEND_API_KEY is not set")
+    assert "ConfigurationError: RESEND_API_KEY is not set" in output
+    assert "Traceback" not in output, output[-3000:]
+
+
+def test_python_dash_m_emailqueue_runs_the_check(env: dict[str, str], tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "emailqueue", "check", "--json"],
+        capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0 and json.loads(done.stdout)["ok"] is True
+
+
+def test_drain_next_to_dev_writes_to_its_outbox(
+    tmp_path: Path, redis_url: str, real_conn: redis.Redis
+) -> None:
+    """Without a key, `emailqueue drain` beside a running dev does what dev's cron route does."""
+    from emailqueue._devstate import DevState, write_state
+
+    project = tmp_path / "proj"
+    (project / "sub").mkdir(parents=True)
+    (project / "pyproject.toml").write_text("")
+    outbox = project / ".emailqueue" / "outbox"
+    # A stand-in for a running dev: its state names a live process (this one) and the Redis.
+    write_state(DevState(redis_url, os.getpid(), str(project), str(outbox)), project / ".emailqueue")
+    env = clean_env()
+    sent = subprocess.run(
+        [EXE, "send", "--to", "a@example.com", "--subject", "Hi", "--text", "x"],
+        cwd=project / "sub",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert sent.returncode == 0, sent.stderr
+    done = subprocess.run(
+        [EXE, "drain", "--json"], cwd=project / "sub", env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["sent"] == 1
+    (entry,) = outbox.glob("*.json")
+    assert json.loads(entry.read_text())["email"]["from"] == "emailqueue dev <onboarding@resend.dev>"
