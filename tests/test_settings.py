@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from emailqueue import ConfigurationError, load_settings
+from emailqueue import ConfigurationError, Settings, load_settings
+from emailqueue._devstate import DEV_SENDER
+from emailqueue._settings import redis_url_source
 
 VARIABLES = [
     "QUEUE_REDIS_URL",
@@ -16,6 +21,8 @@ VARIABLES = [
     "EMAIL_MAX_ATTEMPTS",
     "VERCEL_ENV",
     "EMAILQUEUE_DEV",
+    "EMAIL_FROM",
+    "EMAIL_QUEUE_NAME",
 ]
 
 
@@ -86,10 +93,68 @@ def test_dev_mode_is_never_on_in_vercel_production(monkeypatch: pytest.MonkeyPat
     assert not load_settings().dev_mode
 
 
-def test_dev_state_file_supplies_the_url_only_outside_production(monkeypatch: pytest.MonkeyPatch) -> None:
-    from emailqueue._devstate import write_state
+def _dev_running(project: Path, url: str = "redis://127.0.0.1:7777/0", pid: int | None = None) -> None:
+    from emailqueue._devstate import DevState, write_state
 
-    write_state("redis://127.0.0.1:7777/0")
+    state = DevState(url, pid or os.getpid(), str(project), str(project / ".emailqueue" / "outbox"))
+    write_state(state, project / ".emailqueue")
+
+
+def test_dev_state_file_supplies_the_url_only_outside_production(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _dev_running(tmp_path)
     assert load_settings().queue_redis_url == "redis://127.0.0.1:7777/0"
+    assert Settings().queue_redis_url == "redis://127.0.0.1:7777/0"  # the class itself resolves it
     monkeypatch.setenv("VERCEL_ENV", "production")
     assert load_settings().queue_redis_url is None
+
+
+def test_environment_then_dotenv_then_dev_state(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _dev_running(tmp_path)
+    (tmp_path / ".env").write_text("QUEUE_REDIS_URL=redis://dotenv:1/0\n")
+    assert (load_settings().queue_redis_url, redis_url_source(load_settings())) == (
+        "redis://dotenv:1/0",
+        "QUEUE_REDIS_URL in .env",
+    )
+    monkeypatch.setenv("REDIS_URL", "redis://environ:1/0")
+    assert (load_settings().queue_redis_url, redis_url_source(load_settings())) == (
+        "redis://environ:1/0",
+        "REDIS_URL",
+    )
+    # Another Redis is configured: nothing of dev's state applies, not even its default sender.
+    assert load_settings().email_from is None
+
+
+def test_dev_supplies_a_sender_only_when_none_is_configured(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _dev_running(tmp_path)
+    assert load_settings().email_from == DEV_SENDER
+    monkeypatch.setenv("EMAIL_FROM", "App <app@example.com>")
+    assert load_settings().email_from == "App <app@example.com>"
+
+
+def test_a_stale_dev_state_is_ignored(tmp_path: Path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    _dev_running(tmp_path, pid=dead.pid)
+    assert load_settings().queue_redis_url is None
+
+
+def test_a_subdirectory_sees_the_projects_dotenv_and_dev(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / ".env").write_text("QUEUE_REDIS_URL=redis://dotenv:1/0\nEMAIL_QUEUE_NAME=mine\n")
+    _dev_running(tmp_path, url="redis://dotenv:1/0")
+    deep = tmp_path / "src" / "app"
+    deep.mkdir(parents=True)
+    monkeypatch.chdir(deep)
+    settings = load_settings()
+    assert (settings.queue_redis_url, settings.email_queue_name, settings.email_from) == (
+        "redis://dotenv:1/0",
+        "mine",
+        DEV_SENDER,
+    )
+    # An explicit env file of the caller's choosing is honoured as given.
+    assert Settings(_env_file=None).email_queue_name == "emails"  # type: ignore[call-arg]
