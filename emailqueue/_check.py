@@ -21,6 +21,7 @@ import httpx
 from dotenv import dotenv_values
 
 from ._check_redis import PROBE_PREFIX, Probe, Resolver, StepFailed, StepResult, resolve_host, run_steps
+from ._check_server import REDIS_STEPS
 from ._devstate import env_file
 from ._exceptions import ConfigurationError, SendError
 from ._redact import mask_email
@@ -118,7 +119,7 @@ def run_checks(
     Returns:
         One :class:`StepResult` per step; a step after a blocking failure has status ``skip``.
     """
-    results = run_steps(Probe(url, source, ca_cert=ca_cert, timeout=timeout, resolve=resolve))
+    results = run_steps(Probe(url, source, ca_cert=ca_cert, timeout=timeout, resolve=resolve), REDIS_STEPS)
     results.append(check_api_key(api_key))
     if send_to is not None:
         try:

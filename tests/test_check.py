@@ -5,6 +5,8 @@ Every case names the diagnosis a user would read and the exit code a script woul
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import json
 import os
 import socket
@@ -445,3 +447,25 @@ def test_the_script_runs_as_a_subprocess(server: EmbeddedRedis, tmp_path: Path) 
     )  # fmt: skip
     assert done.returncode == 1
     assert "connection refused" in done.stdout
+
+
+def test_steps_are_pure_functions_of_a_frozen_probe() -> None:
+    from emailqueue._check_redis import Probe, check_url
+
+    start = Probe("redis://:pw@example.com:6380/2", "QUEUE_REDIS_URL")
+    (status, detail, _), after = check_url(start)
+    assert status == "ok" and "pw" not in detail
+    assert (after.host, after.port) == ("example.com", 6380)
+    assert (start.host, start.port, dict(start.opts)) == ("localhost", 6379, {})  # the input is untouched
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        start.host = "elsewhere"  # type: ignore[misc]
+
+
+def test_checker_modules_import_no_private_names() -> None:
+    """STYLE: a name used by another module is public in its own module."""
+    for name in ("_check.py", "_check_redis.py", "_check_server.py", "_connection.py", "_dev.py", "_cli.py"):
+        tree = ast.parse((ROOT / "emailqueue" / name).read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module != "__future__":
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"{name} imports private {private} from {node.module}"
