@@ -33,6 +33,9 @@ Outcome = tuple[Status, str, str]
 
 PROBE_FUNC_PATH = "emailqueue._check_redis.probe"
 PROBE_PREFIX = "emailqueue-check-"
+#: The auth step's failure when something answers TCP but not as Redis: a wrong port, or a
+#: server that went away mid-check, so not a conclusive diagnosis for a command that failed.
+NO_ANSWER = "no Redis answer"
 _TLS_FIX = (
     "use redis:// for a server without TLS (a local Redis) and rediss:// for TLS servers such as Upstash"
 )
@@ -229,7 +232,7 @@ def _auth_failure(p: Probe, user: str, exc: redis.RedisError) -> StepFailed:
             f"Redis refused the password for user {user!r} ({exc})", f"check the password in {p.source}"
         )
     fix = f"is {p.host}:{p.port} really a Redis server? check the port in {p.source}"
-    return StepFailed(f"no Redis answer: {exc}", fix)
+    return StepFailed(f"{NO_ANSWER}: {exc}", fix)
 
 
 CONNECTION_STEPS: tuple[tuple[str, Step], ...] = (
@@ -271,6 +274,8 @@ def diagnose(
     url: str, *, source: str = "QUEUE_REDIS_URL", ca_cert: str | None = None, timeout: float = 2.0
 ) -> StepResult | None:
     """Why Redis at ``url`` cannot be used: the first failing connection step (refused, no such
-    host, TLS against a plain server, a missing or wrong password), or None if it connects."""
+    host, TLS against a plain server, a missing or wrong password), or None if it connects or
+    the failure is not conclusive (something answers, but not as Redis)."""
     results = run_steps(Probe(url, source, ca_cert=ca_cert, timeout=timeout), CONNECTION_STEPS)
-    return next((r for r in results if r.status == "fail"), None)
+    failed = next((r for r in results if r.status == "fail"), None)
+    return None if failed is None or failed.detail.startswith(NO_ANSWER) else failed

@@ -121,9 +121,14 @@ def diagnosis(connection: redis.Redis | None, *, source: str = "QUEUE_REDIS_URL"
 
 
 def _cannot_connect(exc: redis.RedisError) -> bool:
+    # A timeout only while connecting (a TLS handshake with a plain server, a dropped SYN): a
+    # server that froze mid-command is what the timeout says, and a diagnosis would only add its
+    # own timeouts to the caller's wait.
     if isinstance(exc, redis.ResponseError) and not isinstance(exc, redis.AuthenticationError):
         return str(exc).startswith(_CONNECTION_REPLIES)
-    return isinstance(exc, (redis.ConnectionError, redis.TimeoutError))
+    if isinstance(exc, redis.TimeoutError):
+        return str(exc).startswith("Timeout connecting")
+    return isinstance(exc, redis.ConnectionError)
 
 
 @contextmanager
@@ -139,7 +144,7 @@ def redis_errors(action: str, connection: redis.Redis | None = None) -> Iterator
         if _cannot_connect(exc):
             why = diagnosis(connection)
             if why is not None:
-                raise QueueError(f"{action}: {why}") from exc
+                raise QueueError(f"{action}: cannot reach Redis: {why}") from exc
         raise _translate(action, exc) from exc
 
 

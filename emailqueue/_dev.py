@@ -50,10 +50,6 @@ _CLAIM_EVERY_S = 10.0
 _POLL_S = 0.2
 
 
-class OutputGone(Exception):
-    """Our stdout was closed (``emailqueue dev | tee log``, then Ctrl-C killed tee)."""
-
-
 def _pump(stream: IO[str], prefix: str, runner: DevRunner) -> None:
     for line in stream:
         runner.write(f"{prefix} {line}" if line.endswith("\n") else f"{prefix} {line}\n")
@@ -96,23 +92,19 @@ class DevRunner:
     # -- output that survives a closed pipe -----------------------------------------------
 
     def write(self, text: str) -> None:
+        """Write to the log; once its reader is gone (a closed pipe), go quiet and stop cleanly."""
         with self._lock:
             if self._out_gone:
                 return
             try:
                 self.out.write(text)
                 self.out.flush()
-            except (BrokenPipeError, ValueError) as exc:
-                self._out_gone = True
-                _silence(self.out)
-                if isinstance(exc, BrokenPipeError):
-                    self._stop.set()  # nobody reads us any more: stop, cleanly
-            except OSError as exc:
-                if exc.errno != errno.EPIPE:
+            except (OSError, ValueError) as exc:
+                if isinstance(exc, OSError) and exc.errno != errno.EPIPE:
                     raise
                 self._out_gone = True
                 _silence(self.out)
-                self._stop.set()
+                self._stop.set()  # nobody reads us any more
 
     def say(self, message: str) -> None:
         self.write(f"[dev] {message}\n")
