@@ -282,6 +282,15 @@ class DevRunner:
             self.say("*" * 72)
         else:
             self.say("RESEND_API_KEY is set: emails WILL be delivered through Resend")
+        if settings.email_from is None:
+            self.say(
+                f"EMAIL_FROM is not set: emails without a sender go from {DEV_SENDER}"
+                + (
+                    " (Resend's test sender: it delivers only to your own address)"
+                    if settings.resend_api_key
+                    else ""
+                )
+            )
 
     def _watch(self) -> int:
         next_claim = time.monotonic() + _CLAIM_EVERY_S
