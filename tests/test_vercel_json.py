@@ -87,9 +87,9 @@ def test_excluded_files_are_not_uploaded_either() -> None:
     match = re.fullmatch(r"\{([^}]+)\}/\*\*", pattern)
     assert match, pattern
     excluded = set(match.group(1).split(","))
-    ignored = {
-        line.strip() for line in (ROOT / ".vercelignore").read_text().splitlines() if line.strip()
-    } - {""}
+    ignored = {line.strip() for line in (ROOT / ".vercelignore").read_text().splitlines() if line.strip()} - {
+        ""
+    }
     ignored = {line for line in ignored if not line.startswith("#")}
     assert excluded - {"emailqueue", "*.egg-info"} <= ignored
     # Everything the function needs is uploaded.
@@ -117,7 +117,11 @@ OLD_PRESET_ROUTES = [
     {"handle": "error"},
     {"status": 404, "src": "^(?!/api).*$", "dest": "/404.html"},
     {"handle": "rewrite"},
-    {"src": "/(.*)", "dest": "/fastapi", "transforms": [{"type": "request.path", "op": "set", "args": "/$1"}]},
+    {
+        "src": "/(.*)",
+        "dest": "/fastapi",
+        "transforms": [{"type": "request.path", "op": "set", "args": "/$1"}],
+    },
 ]
 NEW_PRESET_ROUTES = [route for route in OLD_PRESET_ROUTES if route.get("dest") != "/api/index"]
 

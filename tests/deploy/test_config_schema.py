@@ -17,7 +17,12 @@ SCRIPT = Path(__file__).with_name("validate_vercel_json.mjs")
 
 def validate(tools: vb.Tools, *files: Path) -> list[str | None]:
     out = subprocess.run(
-        [str(tools.node_bin / "node"), str(SCRIPT), str(tools.vercel.parent.parent / "vercel"), *map(str, files)],
+        [
+            str(tools.node_bin / "node"),
+            str(SCRIPT),
+            str(tools.vercel.parent.parent / "vercel"),
+            *map(str, files),
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -41,7 +46,9 @@ def test_vercel_json_is_valid(tools: vb.Tools, project: str) -> None:
     ],
     ids=["cron-path-without-slash", "excludeFiles-as-list", "functions-and-builds"],
 )
-def test_the_validator_rejects_a_broken_copy(tools: vb.Tools, tmp_path: Path, breakage, complaint: str) -> None:  # type: ignore[no-untyped-def]
+def test_the_validator_rejects_a_broken_copy(
+    tools: vb.Tools, tmp_path: Path, breakage, complaint: str
+) -> None:  # type: ignore[no-untyped-def]
     config = json.loads((vb.ROOT / "vercel.json").read_text())
     breakage(config)
     broken = tmp_path / "vercel.json"

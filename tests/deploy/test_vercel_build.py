@@ -69,7 +69,9 @@ def test_the_bundle_holds_the_app_and_no_dev_only_package(build: vb.Build) -> No
     leaked = installed & dev_only_distributions()
     assert not leaked, f"dev-only packages in the bundle: {sorted(leaked)}"
     strays = sorted(
-        p for p in files if p.split("/")[0] in {"tests", ".ci", "bench", "scripts", "docs", "build", "examples"}
+        p
+        for p in files
+        if p.split("/")[0] in {"tests", ".ci", "bench", "scripts", "docs", "build", "examples"}
     )
     assert strays == []
 
@@ -132,7 +134,10 @@ def test_every_route_answers_on_its_own_path(
     cron_path = crons[0]["path"]
     checked: list[str] = []
 
-    with vb.start_function(build, name, task_dir, tools.python312, env) as function, function.client() as http:
+    with (
+        vb.start_function(build, name, task_dir, tools.python312, env) as function,
+        function.client() as http,
+    ):
 
         def call(method: str, path: str, token: str | None = None, **kwargs: object) -> httpx.Response:
             target, seen = vb.resolve(build, path)

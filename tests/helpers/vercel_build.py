@@ -92,7 +92,7 @@ def find_uv() -> Path:
                 return Path(candidate)
     raise ToolMissing(
         f"uv {UV_VERSION} (the version Vercel's Python builder uses) is not installed: "
-        f'`pip install --group dev` installs it, or `pip install uv=={UV_VERSION}`'
+        f"`pip install --group dev` installs it, or `pip install uv=={UV_VERSION}`"
     )
 
 
@@ -108,9 +108,9 @@ def install_vercel_cli(node: str) -> Path:
     wanted = json.dumps(package, indent=2, sort_keys=True)
     manifest = npm_dir / "package.json"
     installed = npm_dir / "node_modules" / "vercel" / "package.json"
-    if cli.exists() and manifest.exists() and manifest.read_text() == wanted and installed.exists():
-        if json.loads(installed.read_text())["version"] == VERCEL_VERSION:
-            return cli
+    up_to_date = cli.exists() and manifest.exists() and manifest.read_text() == wanted
+    if up_to_date and installed.exists() and json.loads(installed.read_text())["version"] == VERCEL_VERSION:
+        return cli
     npm = shutil.which("npm")
     if npm is None:
         raise ToolMissing(f"node is at {node} but npm is not on PATH; install npm")
@@ -192,7 +192,17 @@ def copy_project(source: Path, dest: Path) -> None:
 
 #: Variables of the test run that must not leak into a build: the test's own virtualenv and
 #: Python settings, and anything the app would read as configuration.
-_NOT_INHERITED = ("VIRTUAL_ENV", "PYTHON", "PYTEST", "VERCEL", "EMAILQUEUE", "QUEUE_", "RESEND", "CRON", "EMAIL_")
+_NOT_INHERITED = (
+    "VIRTUAL_ENV",
+    "PYTHON",
+    "PYTEST",
+    "VERCEL",
+    "EMAILQUEUE",
+    "QUEUE_",
+    "RESEND",
+    "CRON",
+    "EMAIL_",
+)
 
 
 def build_environment() -> dict[str, str]:
@@ -205,7 +215,9 @@ def run_build(tools: Tools, project: str, source: Path, mode: str, workdir: Path
     (workdir / ".vercel").mkdir(parents=True)
     settings = MODES[mode]["settings"]
     (workdir / ".vercel" / "project.json").write_text(
-        json.dumps({"projectId": "prj_emailqueue_test", "orgId": "team_emailqueue_test", "settings": settings})
+        json.dumps(
+            {"projectId": "prj_emailqueue_test", "orgId": "team_emailqueue_test", "settings": settings}
+        )
     )
     env = {
         **build_environment(),
