@@ -11,7 +11,7 @@ from emailqueue._settings import REDIS_URL_VARIABLES
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 RUN = 'pip install -e ".[dev]" && emailqueue dev'
-TEST = 'pip install -e ".[dev]" && pytest'
+TEST = 'pip install -e ".[dev]" --group dev && pytest'
 
 
 def test_quick_start_is_exactly_the_two_commands() -> None:
