@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import statistics
 import subprocess
 import tomllib
 from collections.abc import Iterator
@@ -34,7 +35,7 @@ class Measurement:
     project: str
     mode: str
     bundle_mb: float
-    init_ms: int
+    init_ms: list[int]  # initDuration of each cold start
     routes: list[str]
 
 
@@ -63,10 +64,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if MEASUREMENTS:
         terminalreporter.section("deploy tier: Vercel builds")
         for m in MEASUREMENTS:
-            terminalreporter.write_line(
-                f"{m.project:24} {m.mode:17} bundle {m.bundle_mb:6.1f} MB   init {m.init_ms:5d} ms   "
-                f"routes: {', '.join(m.routes)}"
-            )
+            init = f"init {statistics.median(m.init_ms):6.0f} ms"
+            if len(m.init_ms) > 1:
+                init += f" (median of {len(m.init_ms)}, {min(m.init_ms)}-{max(m.init_ms)})"
+            terminalreporter.write_line(f"{m.project:22} {m.mode:17} bundle {m.bundle_mb:5.1f} MB   {init}")
+            terminalreporter.write_line(f"    routes: {', '.join(m.routes)}")
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ answers every route. Facts are in docs/DEPLOY.md; each test names the ones it re
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -178,10 +179,12 @@ def test_every_route_answers_on_its_own_path(
         status = call("GET", "/api/admin/queue-status", token=ADMIN_TOKEN)
         assert status.status_code == 200 and status.json()["queued"] == 0, status.text
 
-    MEASUREMENTS.append(
-        Measurement(build.project, build.mode, round(bundle_mb, 1), function.init_duration_ms, checked)
-    )
-    print(f"{build.project} {build.mode}: bundle {bundle_mb:.1f} MB, init {function.init_duration_ms} ms")
+    # More cold starts of the same bundle, for a steadier init figure (DEPLOY_INIT_STARTS=7).
+    inits = [function.init_duration_ms]
+    for _ in range(int(os.environ.get("DEPLOY_INIT_STARTS", "1")) - 1):
+        with vb.start_function(build, name, task_dir, tools.python312, env) as again_started:
+            inits.append(again_started.init_duration_ms)
+    MEASUREMENTS.append(Measurement(build.project, build.mode, round(bundle_mb, 1), inits, checked))
 
 
 @pytest.mark.parametrize("path", SOURCE_PATHS)
