@@ -42,13 +42,6 @@ class Measurement:
 MEASUREMENTS: list[Measurement] = []
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    here = Path(__file__).parent
-    for item in items:
-        if here in Path(str(item.fspath)).parents:
-            item.add_marker(pytest.mark.deploy)
-
-
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if NOT_RUN:
         reason = NOT_RUN[0]

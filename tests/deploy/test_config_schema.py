@@ -12,6 +12,8 @@ import pytest
 from tests.deploy.conftest import PROJECTS
 from tests.helpers import vercel_build as vb
 
+pytestmark = pytest.mark.deploy
+
 SCRIPT = Path(__file__).with_name("validate_vercel_json.mjs")
 
 

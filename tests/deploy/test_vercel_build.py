@@ -17,6 +17,8 @@ from emailqueue.testing import FakeResend
 from tests.deploy.conftest import MEASUREMENTS, PROJECTS, Measurement, dev_only_distributions
 from tests.helpers import vercel_build as vb
 
+pytestmark = pytest.mark.deploy
+
 CRON_SECRET = "deploy-cron-secret-0123456789"
 ADMIN_TOKEN = "deploy-admin-token-9876543210"
 SOURCE_PATHS = ["/pyproject.toml", "/uv.lock", "/emailqueue/_settings.py", "/tests/conftest.py", "/.ci/run"]
