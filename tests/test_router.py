@@ -155,3 +155,9 @@ def test_the_any_framework_recipe_drains_from_a_starlette_cron_route(
         ran = client.get("/api/cron/process-email-queue", headers=bearer(CRON_SECRET))
     assert ran.status_code == 200 and ran.json()["sent"] == 3
     assert len(fake_resend.accepted) == 3
+
+
+def test_the_web_modules_public_names() -> None:
+    import emailqueue.web
+
+    assert emailqueue.web.__all__ == ["create_app", "create_router", "cron_authorized"]
