@@ -12,7 +12,8 @@ import pytest
 from tests.deploy.conftest import PROJECTS
 from tests.helpers import vercel_build as vb
 
-pytestmark = pytest.mark.deploy
+# Builds and the one-time npm install run in fixture setup, which the per-test timeout counts.
+pytestmark = [pytest.mark.deploy, pytest.mark.timeout(900)]
 
 SCRIPT = Path(__file__).with_name("validate_vercel_json.mjs")
 

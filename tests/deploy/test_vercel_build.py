@@ -17,7 +17,8 @@ from emailqueue.testing import FakeResend
 from tests.deploy.conftest import MEASUREMENTS, PROJECTS, Measurement, dev_only_distributions
 from tests.helpers import vercel_build as vb
 
-pytestmark = pytest.mark.deploy
+# Builds and the one-time npm install run in fixture setup, which the per-test timeout counts.
+pytestmark = [pytest.mark.deploy, pytest.mark.timeout(900)]
 
 CRON_SECRET = "deploy-cron-secret-0123456789"
 ADMIN_TOKEN = "deploy-admin-token-9876543210"
