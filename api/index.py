@@ -1,8 +1,8 @@
 """Vercel's entry point: the Python runtime serves this module's top-level ASGI ``app``.
 
-``vercel.json`` rewrites every ``/api/*`` path here, so this one function serves all routes.
-The routes live in the installed package (``emailqueue.web``), so any project can serve them
-with these two lines.
+vercel.json pins the FastAPI preset, in which this one function receives every path as the
+client sent it (no rewrites), so each route answers on its own path. The routes live in the
+installed package (``emailqueue.web``); an existing app adds them with ``create_router()``.
 """
 
 from emailqueue.web import create_app

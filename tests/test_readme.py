@@ -25,7 +25,7 @@ from tests.helpers.devproc import clean_env, running_dev, wait_for
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 RUN = 'pip install -e ".[dev]" && emailqueue dev'
-TEST = 'pip install -e ".[dev]" && pytest'
+TEST = 'pip install -e ".[dev]" --group dev && pytest'
 RUNNABLE = {"python": "python", "py": "python", "bash": "bash", "sh": "bash", "shell": "bash"}
 SKIP_MARKER = re.compile(r"^\s*<!-- readme-test: skip -- (?P<reason>\S.*?) -->\s*$")
 FENCE = re.compile(

@@ -6,7 +6,6 @@ Tests replace :func:`get_settings` and :func:`get_connection` through
 
 from __future__ import annotations
 
-import hmac
 from functools import lru_cache
 from typing import Annotated
 
@@ -14,8 +13,9 @@ import redis
 from fastapi import Depends, Header, HTTPException, status
 from pydantic import SecretStr
 
-from emailqueue import ConfigurationError, Settings, load_settings
+from emailqueue import Settings, load_settings
 from emailqueue._connection import connect
+from emailqueue.web._auth import bearer_authorized
 
 
 @lru_cache(maxsize=1)
@@ -45,17 +45,7 @@ def _check_bearer(
     authorization: str | None, secret: SecretStr | None, variable: str, settings: Settings
 ) -> None:
     """Fail closed: no secret configured is a 503 (except in dev mode), a wrong token a 401."""
-    expected = secret.get_secret_value().strip() if secret is not None else ""
-    if not expected:
-        if settings.dev_mode:
-            return
-        raise ConfigurationError(
-            f"{variable} is not set, so this route is closed; set {variable} in the environment "
-            "(for local development only, EMAILQUEUE_DEV=1 opens it)"
-        )
-    # Compared as bytes in constant time, against the header exactly as Vercel Cron sends it.
-    given = (authorization or "").encode("utf-8", "surrogateescape")
-    if not hmac.compare_digest(given, f"Bearer {expected}".encode()):
+    if not bearer_authorized(authorization, secret, variable, dev_mode=settings.dev_mode):
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             detail=f"missing or wrong bearer token (Authorization: Bearer ${variable})",

@@ -232,7 +232,7 @@ ROUTES = [
 
 @pytest.fixture
 def compare_spy(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[bool | None], list[tuple[Any, Any]]]]:
-    """Replace ``hmac.compare_digest`` (what ``emailqueue.web._deps`` calls) with a recorder that
+    """Replace ``hmac.compare_digest`` (what ``emailqueue.web._auth`` calls) with a recorder that
     returns the real answer, or a forced one."""
     real = hmac.compare_digest
     calls: list[tuple[Any, Any]] = []
@@ -242,7 +242,7 @@ def compare_spy(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[bool | No
         calls.append((a, b))
         return real(a, b) if forced[0] is None else forced[0]
 
-    monkeypatch.setattr("emailqueue.web._deps.hmac.compare_digest", spy)
+    monkeypatch.setattr("emailqueue.web._auth.hmac.compare_digest", spy)
 
     def arm(force: bool | None = None) -> list[tuple[Any, Any]]:
         calls.clear()

@@ -8,8 +8,9 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from emailqueue.web._deps import AdminAuthorized, ConnectionDep, SettingsDep
+from emailqueue.web._route import EmailQueueRoute
 
-router = APIRouter(prefix="/api/admin", tags=["admin"])
+router = APIRouter(prefix="/admin", tags=["admin"], route_class=EmailQueueRoute)
 
 #: RQ job ids are letters, digits, ``_`` and ``-``.
 JobId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,128}$")]

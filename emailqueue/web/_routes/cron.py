@@ -7,8 +7,9 @@ from typing import Any
 from fastapi import APIRouter
 
 from emailqueue.web._deps import ConnectionDep, CronAuthorized, SettingsDep
+from emailqueue.web._route import EmailQueueRoute
 
-router = APIRouter(prefix="/api/cron", tags=["cron"])
+router = APIRouter(prefix="/cron", tags=["cron"], route_class=EmailQueueRoute)
 
 
 @router.get("/process-email-queue")

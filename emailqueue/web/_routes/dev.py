@@ -9,7 +9,7 @@ from fastapi.responses import HTMLResponse
 
 from emailqueue.web._deps import SettingsDep
 
-router = APIRouter(prefix="/api/dev", tags=["dev"], include_in_schema=False)
+router = APIRouter(prefix="/dev", tags=["dev"], include_in_schema=False)
 
 
 def _require_dev(settings: SettingsDep) -> None:

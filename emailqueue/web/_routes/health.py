@@ -6,8 +6,9 @@ from fastapi import APIRouter, status
 from fastapi.responses import JSONResponse
 
 from emailqueue.web._deps import ConnectionDep
+from emailqueue.web._route import EmailQueueRoute
 
-router = APIRouter(prefix="/api", tags=["health"])
+router = APIRouter(tags=["health"], route_class=EmailQueueRoute)
 
 
 @router.get("/health")
