@@ -124,7 +124,8 @@ def normalized_recipient(address: str) -> str:
     return split_address(address)[1].lower()
 
 
-def _job(payload: Payload, job_id: str, *, queue: Queue, settings: Settings) -> dict[str, Any]:
+def job_mapping(payload: Payload, job_id: str, *, queue: Queue, settings: Settings) -> dict[str, Any]:
+    """The RQ job hash of one emailqueue job (queued), as ``rq.job.Job`` itself writes it."""
     retry = None
     if settings.email_max_attempts > 1:
         retry = Retry(max=settings.email_max_attempts - 1, interval=int(settings.email_backoff_base_s))
@@ -168,7 +169,7 @@ def prepare_single(
         job_id = RANDOM_JOB_PREFIX + uuid.uuid4().hex
     email = message.to_resend(default_from=settings.email_from)
     payload = Payload.single(email, idempotency_key_for(job_id), event_id)
-    return PreparedJob(job_id, _job(payload, job_id, queue=queue, settings=settings), guards)
+    return PreparedJob(job_id, job_mapping(payload, job_id, queue=queue, settings=settings), guards)
 
 
 def prepare_batch(
@@ -186,7 +187,7 @@ def prepare_batch(
         ids=[DERIVED_JOB_PREFIX + d for d in digests],
         batch=True,
     )
-    mapping = _job(payload, job_id, queue=queue, settings=settings)
+    mapping = job_mapping(payload, job_id, queue=queue, settings=settings)
     return PreparedJob(job_id, mapping, tuple(dedup_key(d, queue) for d in digests))
 
 

@@ -113,6 +113,10 @@ class ResendClient:
         self._api_key = api_key
         self._headers = {"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT}
 
+    def close(self) -> None:
+        """Close the ``httpx.Client`` (its connection pool)."""
+        self._http.close()
+
     def send(self, email: dict[str, Any], *, idempotency_key: str) -> str:
         """``POST /emails`` with an Idempotency-Key; returns Resend's email id.
 

@@ -79,12 +79,12 @@ def worker_command(settings: Settings, url: str, *, burst: bool = False) -> tupl
 def main() -> None:
     from rq.cli.cli import main as rq_main
 
-    from . import _jobs
     from ._exceptions import ConfigurationError
+    from ._jobs import RUNTIME
 
     # Without a key each job reports it and waits for the fix without spending an attempt.
     with contextlib.suppress(ConfigurationError):
-        _jobs._default_runtime()
+        RUNTIME.get()
     rq_main(args=sys.argv[1:], prog_name="rq")
 
 
