@@ -274,7 +274,11 @@ def test_requeue_all_and_unknown_ids(conn: redis.Redis, settings: Settings, fake
     rest = requeue_failed(conn, settings)
     assert sorted(rest.requeued) == sorted(ids[1:]) and rest.not_found == []
     assert conn.llen("rq:queue:emails") == 3
-    assert requeue_failed(conn, settings).to_dict() == {"requeued": [], "not_found": [], "already_delivered": []}
+    assert requeue_failed(conn, settings).to_dict() == {
+        "requeued": [],
+        "not_found": [],
+        "already_delivered": [],
+    }
 
 
 def test_a_failed_entry_whose_job_expired_is_not_found_and_dropped(

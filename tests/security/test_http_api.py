@@ -345,7 +345,11 @@ def test_admin_replies_never_reveal_addresses_bodies_keys_or_passwords(
     shown = {f["id"]: f for f in status["recent_failed"]}
     assert shown["em_crashed"]["error"]["message"].startswith("bad g***@example.org")
     assert all(f["to"] in (["a***@example.com"], ["g***@example.org"], []) for f in shown.values())
-    assert replies[2].json() == {"requeued": ["em_crashed"], "not_found": ["em_missing"], "already_delivered": []}
+    assert replies[2].json() == {
+        "requeued": ["em_crashed"],
+        "not_found": ["em_missing"],
+        "already_delivered": [],
+    }
     assert [r.status_code for r in replies[4:]] == [422, 401, 200]
     text = "\n".join(r.text for r in replies)
     assert "a***@example.com" in text and "re_***" in text  # masked, not dropped

@@ -1,0 +1,229 @@
+"""The job store (emailqueue._store): recovery, the one way to fail, and recorded acceptance.
+
+Every test runs on both tiers (fakeredis and the suite's real server).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from rq import Queue
+
+from emailqueue import Settings, configure_worker, drain, requeue_failed, send_email, send_event_email
+from emailqueue._failure import read_record
+from emailqueue._records import exc_string_of
+from emailqueue._store import JobStore
+from emailqueue.testing import FakeResend
+
+from .helpers.rq_helpers import run_burst
+
+LATER = 10_000.0
+
+
+@pytest.fixture
+def store(conn: redis.Redis, settings: Settings) -> JobStore:
+    return JobStore(conn, "emails", settings)
+
+
+@pytest.fixture(autouse=True)
+def worker_runtime(settings: Settings) -> Iterator[None]:
+    configure_worker(settings)
+    yield
+    configure_worker()
+
+
+def _claim_and_die(store: JobStore, settings: Settings, *, retries_left: int | None = None) -> str:
+    """Queue one email; a drain claims it and dies. Returns the job id."""
+    job_id = send_email(to="a@example.com", subject="s", text="t", connection=store.conn, settings=settings)
+    if retries_left is not None:
+        store.conn.hset(f"rq:job:{job_id}", "retries_left", retries_left)
+    (row,) = store.claim(n=1, now=time.time(), execution_prefix="dead-", worker="w", grace=30)
+    assert row.job_id == job_id
+    return job_id
+
+
+def _failed_shape(conn: redis.Redis, job_id: str) -> dict[str, object]:
+    """What a failed job looks like to the status API and to RQ's tools."""
+    key = f"rq:job:{job_id}"
+    record = read_record(conn.hget(key, "meta"))
+    error = record.get("error")
+    return {
+        "status": conn.hget(key, "status"),
+        "in_failed_registry": conn.zscore("rq:failed:emails", job_id) is not None,
+        "has_ttl": conn.ttl(key) > 0,
+        "has_error_record": error is not None,
+        "has_attempts": "attempts" in record,
+        "has_rq_result": bool(exc_string_of(conn.xrevrange(f"rq:results:{job_id}", "+", "-", count=1))),
+        "started": conn.zcard("rq:wip:emails"),
+    }
+
+
+FAILED_SHAPE = {
+    "status": b"failed",
+    "in_failed_registry": True,
+    "has_ttl": True,
+    "has_error_record": True,
+    "has_attempts": True,
+    "has_rq_result": True,
+    "started": 0,
+}
+
+
+def test_recover_spends_one_attempt_of_an_abandoned_job(store: JobStore, settings: Settings) -> None:
+    """Without it, a job that kills its worker every time is requeued forever."""
+    job_id = _claim_and_die(store, settings, retries_left=3)
+    recovered = store.recover(now=time.time() + LATER, limit=10, lease=30)
+    assert recovered.requeued == [job_id]
+    assert store.conn.hget(f"rq:job:{job_id}", "retries_left") == b"2"
+    assert store.conn.hget(f"rq:job:{job_id}", "status") == b"queued"
+    assert store.conn.lrange("rq:queue:emails", 0, -1) == [job_id.encode()]
+    assert store.conn.zcard("rq:wip:emails") == 0
+
+
+def test_a_job_that_keeps_killing_its_worker_ends_failed(store: JobStore, settings: Settings) -> None:
+    job_id = _claim_and_die(store, settings, retries_left=2)
+    for _ in range(2):
+        assert store.recover(now=time.time() + LATER, limit=10, lease=30).requeued == [job_id]
+        store.claim(n=1, now=time.time(), execution_prefix="dead-", worker="w", grace=30)
+    recovered = store.recover(now=time.time() + LATER, limit=10, lease=30)
+    assert (recovered.requeued, [i for i, _ in recovered.exhausted]) == ([], [job_id])
+    assert store.conn.hget(f"rq:job:{job_id}", "status") == b"failed"
+
+
+def test_abandoned_with_no_attempts_left_is_failed_with_the_one_failure_shape(
+    store: JobStore, settings: Settings
+) -> None:
+    job_id = _claim_and_die(store, settings, retries_left=0)
+    report = drain(connection=store.conn, settings=settings, wall_clock=lambda: time.time() + LATER)
+    assert report.recovered == 1 and report.sent == 0
+    assert _failed_shape(store.conn, job_id) == FAILED_SHAPE
+    record = read_record(store.conn.hget(f"rq:job:{job_id}", "meta"))
+    assert record.get("error", {}) == {
+        "name": "abandoned",
+        "message": "its worker died mid-send and no attempts were left",
+        "status_code": None,
+    }
+    assert store.conn.llen("rq:queue:emails") == 0
+
+
+def test_an_exhausted_job_is_failed_once_by_overlapping_recoveries(
+    store: JobStore, settings: Settings
+) -> None:
+    """RECOVER leaves an exhausted entry for FAIL, whose ZREM decides who fails it."""
+    job_id = _claim_and_die(store, settings, retries_left=0)
+    first = store.scripts.recover(now=time.time() + LATER, limit=10, lease=30)
+    (_, member) = first.exhausted[0]
+    assert store.fail(job_id, name="abandoned", message="x", member=member)
+    assert not store.fail(job_id, name="abandoned", message="x", member=member)
+    assert read_record(store.conn.hget(f"rq:job:{job_id}", "meta")).get("attempts") == 1
+
+
+def test_every_way_a_job_fails_leaves_the_same_shape(
+    conn: redis.Redis, store: JobStore, settings: Settings, fake_resend: FakeResend
+) -> None:
+    """A permanent send error (drain), an unreadable job, a rejected batch recipient."""
+    fake_resend.fail_next(1, 422, "validation_error", "bad")
+    sent = send_email(to="p@example.com", subject="s", text="t", connection=conn, settings=settings)
+    assert drain(connection=conn, settings=settings).failed == 1
+    bad = send_email(to="u@example.com", subject="s", text="t", connection=conn, settings=settings)
+    conn.hset(f"rq:job:{bad}", mapping={"data": b"garbage", "created_at": "not a date"})
+    assert drain(connection=conn, settings=settings).failed == 1
+    fake_resend.reject_recipients = {"r1@example.com"}
+    send_event_email(
+        "launch", ["r0@example.com", "r1@example.com"], "Hi", text="x", connection=conn, settings=settings
+    )
+    assert drain(connection=conn, settings=settings).failed == 1
+    rejected = [i.decode() for i in conn.zrange("rq:failed:emails", 0, -1) if i.decode() not in (sent, bad)]
+    for job_id in (sent, bad, *rejected):
+        assert _failed_shape(conn, job_id) == FAILED_SHAPE, job_id
+    assert len(rejected) == 1
+
+
+def test_a_vm_worker_with_no_api_key_keeps_the_jobs_attempts(
+    queue: Queue, settings: Settings, fake_resend: FakeResend, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    job_id = send_email(to="a@example.com", subject="s", text="t", queue=queue, settings=settings)
+    before = int(queue.connection.hget(f"rq:job:{job_id}", "retries_left") or 0)
+    configure_worker()  # the worker reads its environment: no RESEND_API_KEY there
+    for name in ("RESEND_API_KEY", "EMAILQUEUE_DEV"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("QUEUE_REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.chdir(tmp_path)  # and no .env file
+    for _ in range(3):
+        run_burst(queue)
+        scheduled = queue.connection.zrange("rq:scheduled:emails", 0, -1)
+        assert scheduled == [job_id.encode()], "the job waits for the fix, it is not failed"
+        queue.connection.zrem("rq:scheduled:emails", job_id)  # its retry comes due
+        queue.connection.hset(f"rq:job:{job_id}", "status", "queued")
+        queue.connection.rpush("rq:queue:emails", job_id)
+    assert int(queue.connection.hget(f"rq:job:{job_id}", "retries_left") or 0) == before
+    record = read_record(queue.connection.hget(f"rq:job:{job_id}", "meta"))
+    assert record.get("error", {}).get("name") == "misconfigured"
+    assert record.get("attempts", 0) == 0
+    assert fake_resend.requests == []
+
+
+# --- a recorded acceptance is honoured everywhere ---
+
+
+def test_requeue_never_sends_a_failed_job_resend_accepted(
+    store: JobStore, settings: Settings, fake_resend: FakeResend
+) -> None:
+    """Fact (docs/PLATFORM.md, Resend: idempotency keys last 24 hours): a requeue after that
+    would send an accepted email again, so it deletes the job instead."""
+    job_id = _claim_and_die(store, settings)
+    assert store.accept(job_id, worker_name="w", sent=1)
+    store.fail(job_id, name="internal_error", message="RQ failed after the send", member=f"{job_id}:dead-1")
+    report = requeue_failed(store.conn, settings)
+    assert (report.requeued, report.already_delivered) == ([], [job_id])
+    assert not store.conn.exists(f"rq:job:{job_id}")
+    drain(connection=store.conn, settings=settings)
+    assert fake_resend.requests == []
+
+
+def test_recovery_finishes_a_job_resend_accepted(
+    store: JobStore, settings: Settings, fake_resend: FakeResend
+) -> None:
+    job_id = _claim_and_die(store, settings, retries_left=0)
+    store.accept(job_id, worker_name="w", sent=1)
+    recovered = store.recover(now=time.time() + LATER, limit=10, lease=30)
+    assert (recovered.done, recovered.requeued, recovered.exhausted) == ([job_id], [], [])
+    assert not store.conn.exists(f"rq:job:{job_id}")
+    assert store.conn.zcard("rq:failed:emails") == 0
+
+
+def test_deliver_and_the_drain_do_not_send_an_accepted_job_again(
+    queue: Queue, settings: Settings, fake_resend: FakeResend
+) -> None:
+    conn = queue.connection
+    store = JobStore(conn, "emails", settings)
+    for runner in ("vm", "drain"):
+        job_id = send_email(to="a@example.com", subject="s", text="t", queue=queue, settings=settings)
+        assert store.accept(job_id, worker_name="", sent=1)
+        if runner == "vm":
+            run_burst(queue)
+        else:
+            assert drain(connection=conn, settings=settings).processed == 1
+        assert not conn.exists(f"rq:job:{job_id}"), runner
+    assert fake_resend.requests == []
+    assert conn.zcard("rq:failed:emails") == 0
+
+
+def test_accept_forgets_dead_executions_of_the_job_only(store: JobStore, settings: Settings) -> None:
+    """Fact (docs/PLATFORM.md, RQ: executions): RQ's success handling fetches every execution
+    the job's registry lists; one whose hash is gone, or another worker's, must not be listed."""
+    job_id = _claim_and_die(store, settings)
+    conn = store.conn
+    conn.zadd(f"rq:executions:{job_id}", {"dead": time.time() + 60, "other": time.time() + 60, "mine": 1e12})
+    conn.hset(f"rq:execution:{job_id}:other", mapping={"worker_name": "worker-a"})
+    conn.hset(f"rq:execution:{job_id}:mine", mapping={"worker_name": "worker-b"})
+    assert store.accept(job_id, worker_name="worker-b", sent=1)
+    assert conn.zrange(f"rq:executions:{job_id}", 0, -1) == [b"mine"]
+    assert json.loads(conn.hget(f"rq:job:{job_id}", "emailqueue_accepted") or b"{}")["sent"] == 1
+    assert not store.accept("em_gone", worker_name="", sent=1)
+    assert not conn.exists("rq:job:em_gone")
