@@ -187,7 +187,7 @@ def _guard(queue: Queue, event_id: str, normalized: str) -> str:
     return dedup_key(dedup_digest(queue.name, "event", event_id, normalized), queue)
 
 
-#: Upstash takes at most 10 MB per request (PLATFORM_FACTS): one enqueue script call carries at
+#: Upstash takes at most 10 MB per request (docs/PLATFORM.md): one enqueue script call carries at
 #: most this much job data, and one chunk job at most a quarter of it.
 WRITE_BUDGET_BYTES = 8 * 1024 * 1024
 CHUNK_BUDGET_BYTES = WRITE_BUDGET_BYTES // 4

@@ -1,7 +1,7 @@
 """The serverless drain: deliver a bounded batch of queued emails and return in time.
 
 Why not RQ's ``Worker.work(burst=True)``? In a web request it cannot work (signal handlers and
-SIGALRM need the main thread; PLATFORM_FACTS "RQ traps"), and on an empty queue it costs 44
+SIGALRM need the main thread; docs/PLATFORM.md "RQ traps"), and on an empty queue it costs 44
 commands in 33 round trips, 1.9M commands a month at one run a minute. The drain instead:
 
 1. **probes** with one pipelined round trip of 3 commands (queue length, due retries,

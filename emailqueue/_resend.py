@@ -1,7 +1,7 @@
 """A small Resend client on an injected ``httpx.Client``.
 
 Every Resend reply and every httpx exception is translated into the :class:`SendError`
-tree here and nowhere else (PLATFORM_FACTS.md, "Resend": error names and which are permanent).
+tree here and nowhere else (docs/PLATFORM.md, "Resend": error names and which are permanent).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The fake Resend server behaves as PLATFORM_FACTS.md says Resend does, and injects its faults."""
+"""The fake Resend server behaves as docs/PLATFORM.md says Resend does, and injects its faults."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The global send-rate limit shared through Redis (PLATFORM_FACTS "Resend": the rate limit is per
+"""The global send-rate limit shared through Redis (docs/PLATFORM.md "Resend": the rate limit is per
 team, shared by all keys; a 429 carries retry-after)."""
 
 from __future__ import annotations

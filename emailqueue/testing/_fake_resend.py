@@ -1,7 +1,7 @@
 """A local fake of Resend's email API, for tests and local development.
 
 It serves ``POST /emails`` and ``POST /emails/batch`` on 127.0.0.1 with the behaviour listed
-in PLATFORM_FACTS.md (Resend): Bearer auth, the required User-Agent, validation, idempotency
+in docs/PLATFORM.md (Resend): Bearer auth, the required User-Agent, validation, idempotency
 keys, batch validation modes and a per-team rate limit. It records what it accepted, and it
 injects the faults a delivery path must survive: error replies, replies lost after the email
 was accepted, requests held in flight, and seeded random failures.

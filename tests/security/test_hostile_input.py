@@ -398,7 +398,7 @@ def test_a_long_whitespace_padded_address_is_refused_at_once(
     assert conn.dbsize() == canary
 
 
-UPSTASH_MAX_REQUEST = 10 * MB  # PLATFORM_FACTS "Upstash Redis": 10 MB per request
+UPSTASH_MAX_REQUEST = 10 * MB  # docs/PLATFORM.md "Upstash Redis": 10 MB per request
 
 
 def test_no_enqueue_command_exceeds_upstash_request_limit(
