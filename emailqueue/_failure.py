@@ -41,13 +41,8 @@ class FailureRecord(TypedDict, total=False):
 
 def read_record(meta: Any) -> FailureRecord:
     """The record in a job's meta (a dict, or the raw JSON of the ``meta`` hash field); empty
-    if there is none or it is unreadable."""
-    if isinstance(meta, bytes | str):
-        try:
-            meta = json.loads(meta or "{}")
-        except ValueError:
-            return {}
-    record = meta.get(META_KEY) if isinstance(meta, dict) else None
+    if there is none or it is unreadable. Fields of the wrong type are left out."""
+    record = _loads(meta).get(META_KEY)
     if not isinstance(record, dict):
         return {}
     out: FailureRecord = {}
@@ -59,18 +54,30 @@ def read_record(meta: Any) -> FailureRecord:
             "message": str(error.get("message") or ""),
             "status_code": status if isinstance(status, int) else None,
         }
-    ints = {name: record.get(name) for name in ("attempts", "requeued", "past_attempts", "next_retry_in_s")}
-    if isinstance(ints["attempts"], int):
-        out["attempts"] = ints["attempts"]
-    if isinstance(ints["requeued"], int):
-        out["requeued"] = ints["requeued"]
-    if isinstance(ints["past_attempts"], int):
-        out["past_attempts"] = ints["past_attempts"]
-    if isinstance(ints["next_retry_in_s"], int):
-        out["next_retry_in_s"] = ints["next_retry_in_s"]
+    _copy_ints(record, out)
     if isinstance(record.get("failed_at"), str):
         out["failed_at"] = record["failed_at"]
     return out
+
+
+def _loads(meta: Any) -> dict[str, Any]:
+    if isinstance(meta, bytes | str):
+        try:
+            meta = json.loads(meta or "{}")
+        except ValueError:
+            return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _copy_ints(record: dict[str, Any], out: FailureRecord) -> None:
+    if isinstance(record.get("attempts"), int):
+        out["attempts"] = record["attempts"]
+    if isinstance(record.get("requeued"), int):
+        out["requeued"] = record["requeued"]
+    if isinstance(record.get("past_attempts"), int):
+        out["past_attempts"] = record["past_attempts"]
+    if isinstance(record.get("next_retry_in_s"), int):
+        out["next_retry_in_s"] = record["next_retry_in_s"]
 
 
 def attempts_of(meta: Any) -> int:
@@ -113,12 +120,7 @@ def requeue_record(meta: Any) -> FailureRecord:
 
 def meta_with(meta: Any, record: FailureRecord) -> str:
     """The job's whole ``meta`` field, as JSON, with ``record`` in it (other keys kept)."""
-    if isinstance(meta, bytes | str):
-        try:
-            meta = json.loads(meta or "{}")
-        except ValueError:
-            meta = {}
-    full = dict(meta) if isinstance(meta, dict) else {}
+    full = dict(_loads(meta))
     full[META_KEY] = dict(record)
     return json.dumps(full)
 

@@ -108,47 +108,62 @@ def queue_status(
     """
     keys = QueueKeys.of(Queue(settings.email_queue_name, connection=connection))
     now = time.time() if now is None else now
-    limit = max(failed_limit, 0)
     with redis_errors("queue status"), connection.pipeline(transaction=False) as pipe:
-        pipe.llen(keys.queue)
-        pipe.zcard(keys.started)
-        pipe.zcard(keys.scheduled)
-        pipe.zcount(keys.failed, now, "+inf")
-        pipe.lindex(keys.queue, 0)
-        pipe.smembers(keys.workers)
-        if limit:
-            pipe.zrevrangebyscore(keys.failed, "+inf", now, start=0, num=limit)
-        queued, started, scheduled, failed, oldest, worker_keys, *rest = pipe.execute()
-        failed_ids = [text_of(v) for v in (rest[0] if rest else [])]
-        worker_keys = sorted(text_of(v) for v in worker_keys)
+        counts, oldest, failed_ids, worker_keys = _counts(pipe, keys, now, max(failed_limit, 0))
         # Second round trip: the details of what the first one found.
-        if oldest:
-            pipe.hget(Job.key_for(text_of(oldest)), "enqueued_at")
-        for job_id in failed_ids:
-            pipe.hmget(Job.key_for(job_id), *JOB_FIELDS)
-        for key in worker_keys:
-            pipe.hmget(key, "state", "last_heartbeat")
-            pipe.smembers(WORKER_EXECUTIONS_KEY_TEMPLATE.format(worker_name(key)))
-        replies = pipe.execute() if (oldest or failed_ids or worker_keys) else []
-    age = _age(replies.pop(0), now) if oldest else None
-    job_fields = dict(zip(failed_ids, replies, strict=False))
+        age, job_fields, worker_replies = _details(pipe, oldest, failed_ids, worker_keys, now)
     reasons = _rq_reasons(connection, [i for i, f in job_fields.items() if needs_rq_reason(f)])
     jobs = [job for i, f in job_fields.items() if (job := read_failed_job(i, f, reasons.get(i, "")))]
     jobs.sort(key=lambda job: job.failed_at or "", reverse=True)  # registry scores are whole seconds
-    pairs = replies[len(failed_ids) :]
     workers = [
-        w for i, key in enumerate(worker_keys) if (w := read_worker(key, pairs[2 * i], pairs[2 * i + 1]))
+        w
+        for i, key in enumerate(worker_keys)
+        if (w := read_worker(key, worker_replies[2 * i], worker_replies[2 * i + 1]))
     ]
     return QueueStatus(
-        queue=keys.name,
-        queued=int(queued),
-        started=int(started),
-        scheduled=int(scheduled),
-        failed=int(failed),
-        oldest_queued_age_s=age,
-        workers=workers,
-        recent_failed=jobs,
+        queue=keys.name, **counts, oldest_queued_age_s=age, workers=workers, recent_failed=jobs
     )
+
+
+def _counts(
+    pipe: Any, keys: QueueKeys, now: float, limit: int
+) -> tuple[dict[str, int], Any, list[str], list[str]]:
+    """First round trip: the counts, the oldest queued id, the failed ids to show, the workers."""
+    pipe.llen(keys.queue)
+    pipe.zcard(keys.started)
+    pipe.zcard(keys.scheduled)
+    pipe.zcount(keys.failed, now, "+inf")
+    pipe.lindex(keys.queue, 0)
+    pipe.smembers(keys.workers)
+    if limit:
+        pipe.zrevrangebyscore(keys.failed, "+inf", now, start=0, num=limit)
+    queued, started, scheduled, failed, oldest, worker_keys, *rest = pipe.execute()
+    counts = {
+        "queued": int(queued),
+        "started": int(started),
+        "scheduled": int(scheduled),
+        "failed": int(failed),
+    }
+    failed_ids = [text_of(v) for v in (rest[0] if rest else [])]
+    return counts, oldest, failed_ids, sorted(text_of(v) for v in worker_keys)
+
+
+def _details(
+    pipe: Any, oldest: Any, failed_ids: list[str], worker_keys: list[str], now: float
+) -> tuple[float | None, dict[str, Any], list[Any]]:
+    """Second round trip: the oldest job's age, the failed jobs' fields, the workers' fields."""
+    if not (oldest or failed_ids or worker_keys):
+        return None, {}, []
+    if oldest:
+        pipe.hget(Job.key_for(text_of(oldest)), "enqueued_at")
+    for job_id in failed_ids:
+        pipe.hmget(Job.key_for(job_id), *JOB_FIELDS)
+    for key in worker_keys:
+        pipe.hmget(key, "state", "last_heartbeat")
+        pipe.smembers(WORKER_EXECUTIONS_KEY_TEMPLATE.format(worker_name(key)))
+    replies = pipe.execute()
+    age = _age(replies.pop(0), now) if oldest else None
+    return age, dict(zip(failed_ids, replies, strict=False)), replies[len(failed_ids) :]
 
 
 def requeue_failed(
