@@ -389,12 +389,11 @@ def test_a_long_whitespace_padded_address_is_refused_at_once(
 
     (RFC 5321 caps an address at 254 characters; RFC 5322 a header line at 998.)
     """
-    started = time.perf_counter()
     with pytest.raises(InvalidEmailError) as info:
         send_email(connection=conn, settings=settings, **{**GOOD, "to": " " * 1200 + "x"})
-    elapsed = time.perf_counter() - started
     assert info.value.fields == ["to[0]"]
-    assert elapsed < 0.25, f"validating one address took {elapsed:.2f} s"
+    # Refused by the length check, before any pattern runs over the 1,200 spaces.
+    assert "longer than" in str(info.value), str(info.value)
     assert conn.dbsize() == canary
 
 
