@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import random
 import string
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta

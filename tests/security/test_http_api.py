@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import time
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any
 
@@ -195,11 +194,8 @@ def test_a_10_mb_body_is_refused_quickly_without_being_read(
     headers = {"content-type": "application/json", **(bearer(auth) if auth else {})}
     if declared:
         headers["content-length"] = str(sum(map(len, TEN_MB)))
-    started = time.perf_counter()
     status, pulled = drive(capped_app, method, path, headers, TEN_MB)
-    elapsed = time.perf_counter() - started
     assert pulled * CHUNK <= 1 * MB, f"the app read {pulled * CHUNK} bytes of a 10 MB body"
-    assert elapsed < 1.0
     if declared:
         assert (status, pulled) == (413, 0)
     elif reads_body:
