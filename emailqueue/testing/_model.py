@@ -308,7 +308,7 @@ class ResendModel:
             rejected = frozenset(self.reject_recipients)
         if gate is not None:
             gate.arrived.set()
-            gate._released.wait()
+            gate.wait_for_release()
         plan = self._plan_single if call.path == EMAILS else self._plan_batch
         planned = plan(call, rejected)
         if isinstance(planned, Reply):

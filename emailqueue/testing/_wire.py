@@ -67,6 +67,10 @@ class Gate:
         """Let the held request (or the one still to come) go on."""
         self._released.set()
 
+    def wait_for_release(self) -> None:
+        """Block the held request until :meth:`release`."""
+        self._released.wait()
+
     set = release  # so a Gate can stand where a plain threading.Event is expected
 
     def __enter__(self) -> Gate:
