@@ -3,8 +3,8 @@
 They read and write RQ's own structures (``rq:queue:<q>``, ``rq:wip:<q>``, ``rq:scheduled:<q>``,
 ``rq:failed:<q>``, ``rq:job:<id>``) the way RQ does, so a VM ``rq worker``, ``rq info`` and
 ``rq requeue`` keep working beside the drain. Being atomic is what makes overlapping drains safe:
-two drains can never claim, recover, fail or promote the same job. Only :mod:`._store` calls
-these wrappers.
+two drains can never claim, recover, fail or promote the same job. Only :mod:`._store` (and,
+for ENQUEUE, :func:`._enqueue.write_jobs`) calls these wrappers.
 """
 
 from __future__ import annotations
@@ -41,6 +41,63 @@ local function forget_execution(id, member)
     redis.call('SREM', '{WORKER_PREFIX}' .. wname .. ':executions', member)
   end
 end
+"""
+
+#: Enqueue: write jobs and their dedup markers, all or nothing (see :mod:`._enqueue`).
+#: ARGV: dedup ttl, call token, then per job: job key, job id, guard count, guards..., field count,
+#: field, value... KEYS: queue, rq:queues.
+#: If any guard (dedup marker) exists, nothing is written and {0, {guard, its token, ...}} is
+#: returned; otherwise every guard is set to the token, every new job written and pushed:
+#: {1, {new job ids}}.
+_ENQUEUE = """
+local ttl, token = tonumber(ARGV[1]), ARGV[2]
+local jobs, guards = {}, {}
+local a = 3
+while a <= #ARGV do
+  local job = {key = ARGV[a], id = ARGV[a + 1], g1 = a + 3, gn = a + 2 + tonumber(ARGV[a + 2])}
+  for i = job.g1, job.gn do guards[#guards + 1] = ARGV[i] end
+  job.f1 = job.gn + 2
+  job.fn = job.gn + 1 + tonumber(ARGV[job.gn + 1]) * 2
+  a = job.fn + 1
+  jobs[#jobs + 1] = job
+end
+local found = 0
+for i = 1, #guards, 1000 do
+  found = found + redis.call('EXISTS', unpack(guards, i, math.min(i + 999, #guards)))
+end
+if found > 0 then
+  local taken = {}
+  for _, g in ipairs(guards) do
+    local holder = redis.call('GET', g)
+    if holder then taken[#taken + 1] = g; taken[#taken + 1] = holder end
+  end
+  return {0, taken}
+end
+local queued = {}
+local pending = {queued = true, scheduled = true, started = true, deferred = true}
+for _, job in ipairs(jobs) do
+  for i = job.g1, job.gn do redis.call('SET', ARGV[i], token, 'EX', ttl) end
+  if job.gn >= job.g1 then
+    -- A derived id can outlive its markers: a failed job is kept longer than a marker. A job of
+    -- that id still pending is left alone; a finished or failed one is replaced by the new one.
+    local status = redis.call('HGET', job.key, 'status')
+    if not (status and pending[status]) then
+      if status then
+        redis.call('DEL', job.key)
+        redis.call('ZREM', KEYS[3], job.id)
+      end
+      redis.call('HSET', job.key, unpack(ARGV, job.f1, job.fn))
+      queued[#queued + 1] = job.id
+    end
+  elseif redis.call('HSET', job.key, unpack(ARGV, job.f1, job.fn)) > 0 then
+    queued[#queued + 1] = job.id
+  end
+end
+for i = 1, #queued, 1000 do
+  redis.call('RPUSH', KEYS[1], unpack(queued, i, math.min(i + 999, #queued)))
+end
+if #queued > 0 then redis.call('SADD', KEYS[2], KEYS[1]) end
+return {1, queued}
 """
 
 #: Claim up to ARGV[1] queued jobs: pop each id, skip ids whose hash is gone or that are not
@@ -278,6 +335,25 @@ class Scripts:
 
     def _run(self, lua: str, keys: list[str], args: list[Any]) -> Any:
         return self.conn.register_script(lua)(keys=keys, args=args)
+
+    def enqueue(
+        self,
+        *,
+        jobs: list[tuple[str, str, tuple[str, ...], dict[str, Any]]],
+        dedup_ttl: int,
+        token: str,
+        queues_key: str,
+    ) -> tuple[bool, list[str]]:
+        """Write ``jobs`` ((key, id, guards, hash mapping) each) unless a guard is taken.
+        Returns (True, ids written) or (False, [guard, holder token, ...])."""
+        args: list[Any] = [dedup_ttl, token]
+        for key, job_id, guards, mapping in jobs:
+            args += [key, job_id, len(guards), *guards, len(mapping)]
+            for field, value in mapping.items():
+                args += [field, value]
+        k = self.keys
+        ok, items = self._run(_ENQUEUE, [k.queue, queues_key, k.failed], args)
+        return bool(ok), [_text(v) for v in items]
 
     def claim(
         self, *, n: int, now: float, execution_prefix: str, worker: str, started_at: str, grace: int

@@ -3,7 +3,7 @@
 +-----------+-------------------------------------------+----------------------------------+
 | change    | what it does                              | who calls it                     |
 +===========+===========================================+==================================+
-| enqueue   | :func:`._enqueue.write_jobs` (one script) | ``send_email``, ``send_*``       |
+| enqueue   | ENQUEUE, via :func:`._enqueue.write_jobs` | ``send_email``, ``send_*``       |
 | claim     | queued -> started, one atomic script      | the drain                        |
 | accept    | record Resend's acceptance on the job     | ``deliver`` under a VM worker    |
 | ack       | started -> gone (``result_ttl=0``)        | the drain                        |
