@@ -111,8 +111,6 @@ def requeue_record(meta: Any) -> FailureRecord:
     return {
         "error": None,
         "attempts": 0,
-        "failed_at": None,
-        "next_retry_in_s": None,
         "requeued": old.get("requeued", 0) + 1,
         "past_attempts": old.get("past_attempts", 0) + old.get("attempts", 0),
     }

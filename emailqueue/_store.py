@@ -145,12 +145,11 @@ class JobStore:
         *,
         name: str,
         message: str,
-        member: str = "",
+        member: str,
         meta: Any = None,
-        status_code: int | None = None,
     ) -> bool:
         """Fail a job outside a send (abandoned, unreadable): our record, then the FAIL script."""
-        record = failure_record(meta, name=name, message=message, status_code=status_code)
+        record = failure_record(meta, name=name, message=message)
         return self._fail(job_id, meta_with(meta, record), member=member, exc_string=f"{name}: {message}")
 
     def _fail(

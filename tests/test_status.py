@@ -247,8 +247,7 @@ def test_requeue_by_id_keeps_the_payload_and_gives_full_retries(
     assert conn.lrange("rq:queue:emails", 0, -1) == [job_id.encode()]
     assert conn.zcard("rq:failed:emails") == 0
     record = json.loads(conn.hget(key, "meta") or b"{}")[META_KEY]
-    assert record["error"] is None and record["attempts"] == 0
-    assert (record["requeued"], record["past_attempts"]) == (1, 1)
+    assert record == {"error": None, "attempts": 0, "requeued": 1, "past_attempts": 1}
     # Full retries again: a transient failure now waits for a retry instead of failing.
     fake_resend.fail_next(1, 500, "internal_server_error")
     assert drain(connection=conn, settings=settings).retrying == 1

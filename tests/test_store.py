@@ -111,6 +111,21 @@ def test_abandoned_with_no_attempts_left_is_failed_with_the_one_failure_shape(
     assert store.conn.llen("rq:queue:emails") == 0
 
 
+def test_failing_an_abandoned_job_keeps_its_earlier_record_and_other_meta(
+    store: JobStore, settings: Settings
+) -> None:
+    """The failure record is added to what the job carried: requeue counts and foreign meta keys."""
+    job_id = _claim_and_die(store, settings, retries_left=0)
+    earlier = {"emailqueue": {"attempts": 2, "requeued": 1, "past_attempts": 3}, "app": {"x": 1}}
+    store.conn.hset(f"rq:job:{job_id}", "meta", json.dumps(earlier))
+    store.recover(now=time.time() + LATER, limit=10, lease=30)
+    meta = json.loads(store.conn.hget(f"rq:job:{job_id}", "meta") or b"{}")
+    assert meta["app"] == {"x": 1}
+    record = read_record(meta)
+    assert (record.get("attempts"), record.get("requeued"), record.get("past_attempts")) == (3, 1, 3)
+    assert record.get("error", {}).get("name") == "abandoned"
+
+
 def test_an_exhausted_job_is_failed_once_by_overlapping_recoveries(
     store: JobStore, settings: Settings
 ) -> None:
@@ -144,10 +159,19 @@ def test_every_way_a_job_fails_leaves_the_same_shape(
     assert len(rejected) == 1
 
 
+@pytest.mark.parametrize("max_attempts", [1, 6])
 def test_a_vm_worker_with_no_api_key_keeps_the_jobs_attempts(
-    queue: Queue, settings: Settings, fake_resend: FakeResend, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    queue: Queue,
+    settings: Settings,
+    fake_resend: FakeResend,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    max_attempts: int,
 ) -> None:
+    settings = settings.model_copy(update={"email_max_attempts": max_attempts})
     job_id = send_email(to="a@example.com", subject="s", text="t", queue=queue, settings=settings)
+    earlier = {"emailqueue": {"attempts": 0, "requeued": 2, "past_attempts": 4}}
+    queue.connection.hset(f"rq:job:{job_id}", "meta", json.dumps(earlier))
     before = int(queue.connection.hget(f"rq:job:{job_id}", "retries_left") or 0)
     configure_worker()  # the worker reads its environment: no RESEND_API_KEY there
     for name in ("RESEND_API_KEY", "EMAILQUEUE_DEV"):
@@ -163,8 +187,14 @@ def test_a_vm_worker_with_no_api_key_keeps_the_jobs_attempts(
         queue.connection.rpush("rq:queue:emails", job_id)
     assert int(queue.connection.hget(f"rq:job:{job_id}", "retries_left") or 0) == before
     record = read_record(queue.connection.hget(f"rq:job:{job_id}", "meta"))
-    assert record.get("error", {}).get("name") == "misconfigured"
-    assert record.get("attempts", 0) == 0
+    assert record.get("error", {}) == {
+        "name": "misconfigured",
+        "message": record.get("error", {}).get("message", ""),
+        "status_code": None,
+    }
+    assert "RESEND_API_KEY" in record.get("error", {}).get("message", "")
+    assert (record.get("attempts"), record.get("requeued"), record.get("past_attempts")) == (0, 2, 4)
+    assert record.get("next_retry_in_s") == 60
     assert fake_resend.requests == []
 
 
