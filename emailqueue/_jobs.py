@@ -47,11 +47,12 @@ class WorkerRuntime:
         self._clients: dict[tuple[str, str, float, float], ResendClient] = {}
 
     def configure(self, settings: Settings | None = None, client: Sender | None = None) -> None:
-        """Use these settings and client; with no arguments, forget the configuration."""
+        """Use these settings and client; with no arguments, forget the configuration and close
+        the clients built here."""
+        if settings is None and client is None:
+            self.close()
+            return
         with self._lock:
-            if settings is None and client is None:
-                self._current = None
-                return
             settings = settings or load_settings()
             self._current = (settings, client if client is not None else self._client_for(settings))
 
@@ -109,7 +110,7 @@ def configure_worker(settings: Settings | None = None, client: Sender | None = N
 
     A VM ``rq worker`` needs none of this: it reads the environment on its first job. Call it to
     run jobs in-process with your own ``httpx`` client (tests do), or with no arguments to
-    forget a previous configuration.
+    forget a previous configuration and close the Resend clients it built.
     """
     RUNTIME.configure(settings, client)
 

@@ -257,3 +257,19 @@ def test_accept_forgets_dead_executions_of_the_job_only(store: JobStore, setting
     assert json.loads(conn.hget(f"rq:job:{job_id}", "emailqueue_accepted") or b"{}")["sent"] == 1
     assert not store.accept("em_gone", worker_name="", sent=1)
     assert not conn.exists("rq:job:em_gone")
+
+
+def test_the_worker_runtime_reuses_its_clients_and_closes_them(settings: Settings) -> None:
+    from emailqueue._jobs import WorkerRuntime
+
+    runtime = WorkerRuntime()
+    runtime.configure(settings)
+    first = runtime.client_for(settings)
+    assert runtime.client_for(settings) is first  # one pool per configuration, reused
+    assert runtime.get()[1] is first
+    http = first._http  # type: ignore[attr-defined]
+    assert not http.is_closed
+    runtime.configure()  # forget: the clients it built are closed
+    assert http.is_closed
+    assert runtime.client_for(settings) is not first
+    runtime.close()
