@@ -273,3 +273,13 @@ def test_the_worker_runtime_reuses_its_clients_and_closes_them(settings: Setting
     assert http.is_closed
     assert runtime.client_for(settings) is not first
     runtime.close()
+
+
+def test_a_drain_reports_an_accepted_abandoned_job_as_recovered_not_sent(
+    store: JobStore, settings: Settings, fake_resend: FakeResend
+) -> None:
+    job_id = _claim_and_die(store, settings, retries_left=1)
+    store.accept(job_id, worker_name="w", sent=1)
+    report = drain(connection=store.conn, settings=settings, wall_clock=lambda: time.time() + LATER)
+    assert (report.recovered, report.processed, report.sent, report.failed) == (1, 0, 0, 0)
+    assert fake_resend.requests == []
