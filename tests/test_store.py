@@ -283,3 +283,26 @@ def test_a_drain_reports_an_accepted_abandoned_job_as_recovered_not_sent(
     report = drain(connection=store.conn, settings=settings, wall_clock=lambda: time.time() + LATER)
     assert (report.recovered, report.processed, report.sent, report.failed) == (1, 0, 0, 0)
     assert fake_resend.requests == []
+
+
+def test_requeue_counts_add_up_over_requeues_and_start_from_nothing(
+    store: JobStore, settings: Settings
+) -> None:
+    """The requeue record: ``requeued`` counts every requeue, ``past_attempts`` every attempt
+    before the last one; a job failed without our record (by RQ itself) starts from zero."""
+    conn = store.conn
+    job_id = _claim_and_die(store, settings)
+    conn.hset(f"rq:job:{job_id}", "meta", "{}")  # failed by RQ itself: no record of ours
+    store.fail(job_id, name="x", message="y", member=f"{job_id}:dead-1")
+    conn.hset(f"rq:job:{job_id}", "meta", "{}")
+    assert requeue_failed(conn, settings).requeued == [job_id]
+    record = read_record(conn.hget(f"rq:job:{job_id}", "meta"))
+    assert record == {"attempts": 0, "requeued": 1, "past_attempts": 0}  # and no error
+    for attempts, expected in ((2, (2, 2)), (3, (3, 5))):
+        meta = {"emailqueue": {**record, "attempts": attempts}}
+        conn.hset(f"rq:job:{job_id}", "meta", json.dumps(meta))
+        conn.hset(f"rq:job:{job_id}", "status", "failed")
+        conn.zadd("rq:failed:emails", {job_id: time.time() + 60})
+        assert requeue_failed(conn, settings, [job_id]).requeued == [job_id]
+        record = read_record(conn.hget(f"rq:job:{job_id}", "meta"))
+        assert (record.get("requeued"), record.get("past_attempts")) == expected
