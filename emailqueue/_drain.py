@@ -266,15 +266,15 @@ class _Run:
             log.error("unexpected error sending job %s: %r", row.job_id, exc)
             error = RetryableSendError(repr(exc)[:300], name="internal_error")
         try:
-            outcome = self.store.retry_or_fail(row, error)
+            retrying = self.store.retry_or_fail(row, error)
         except redis.RedisError:
             raise  # Redis, not the job, failed: the claim stays, and a later run recovers the job
         except Exception as unreadable:
             log.error("job %s is unreadable (%r): failed", row.job_id, unreadable)
             reason = f"the job hash is unreadable: {unreadable!r}"[:300]
             self.store.fail(row.job_id, name="bad_payload", message=reason, member=row.member)
-            outcome = "failed"
-        if outcome == "retrying":
+            retrying = False
+        if retrying:
             self.report.retrying += 1
         else:
             self.report.failed += 1

@@ -120,9 +120,9 @@ class JobStore:
         return self.scripts.accept(job_id=job_id, record=record, worker_name=worker_name)
 
     # --- retry and fail ---
-    def retry_or_fail(self, row: Claimed, error: SendError) -> str:
+    def retry_or_fail(self, row: Claimed, error: SendError) -> bool:
         """A claimed job's send failed: apply the retry policy, then schedule the retry (RQ's
-        ``Job.retry``) or fail the job. Returns ``"retrying"`` or ``"failed"``.
+        ``Job.retry``) or fail the job. Returns True if it will be retried, False if it failed.
 
         Raises:
             redis.RedisError: Redis failed; the claim stays, a later drain recovers the job.
@@ -135,9 +135,9 @@ class JobStore:
                 pipe.zrem(self.keys.started, row.member)
                 job.retry(self.queue, pipe)
                 pipe.execute()
-            return "retrying"
+            return True
         self._fail(row.job_id, job.meta, member=row.member, exc_string=str(error), ttl=job.failure_ttl)
-        return "failed"
+        return False
 
     def fail(
         self,

@@ -16,6 +16,7 @@ from rq import Queue
 
 from emailqueue import Settings, configure_worker, drain, requeue_failed, send_email, send_event_email
 from emailqueue._failure import read_record
+from emailqueue._payload import decode_job_data
 from emailqueue._records import exc_string_of
 from emailqueue._store import JobStore
 from emailqueue.testing import FakeResend
@@ -157,6 +158,47 @@ def test_every_way_a_job_fails_leaves_the_same_shape(
     for job_id in (sent, bad, *rejected):
         assert _failed_shape(conn, job_id) == FAILED_SHAPE, job_id
     assert len(rejected) == 1
+    # What each one says, where the status API and RQ's tools read it.
+    reason = exc_string_of(conn.xrevrange(f"rq:results:{sent}", "+", "-", count=1))
+    assert "validation_error" in reason and "bad" in reason
+    (job_id,) = rejected
+    record = read_record(conn.hget(f"rq:job:{job_id}", "meta"))
+    assert record.get("error") == {
+        "name": "rejected_recipient",
+        "message": "invalid recipient",
+        "status_code": 422,
+    }
+    payload = decode_job_data(conn.hget(f"rq:job:{job_id}", "data"))["payload"]
+    assert payload["idempotency_key"] == f"emailqueue-{job_id}"
+    assert (payload["event_id"], payload["email"]["to"]) == ("launch", ["r1@example.com"])
+
+
+def test_a_failed_job_keeps_its_own_failure_ttl(
+    conn: redis.Redis, settings: Settings, fake_resend: FakeResend
+) -> None:
+    """The TTL the job was enqueued with, not today's setting."""
+    job_id = send_email(to="p@example.com", subject="s", text="t", connection=conn, settings=settings)
+    conn.hset(f"rq:job:{job_id}", "failure_ttl", 1000)
+    fake_resend.fail_next(1, 422, "validation_error", "bad")
+    assert drain(connection=conn, settings=settings).failed == 1
+    assert 0 < conn.ttl(f"rq:job:{job_id}") <= 1000
+    assert conn.zscore("rq:failed:emails", job_id) <= time.time() + 1001
+
+
+def test_a_drain_retry_keeps_the_job_json_with_its_record(
+    conn: redis.Redis, settings: Settings, fake_resend: FakeResend
+) -> None:
+    job_id = send_email(to="p@example.com", subject="s", text="t", connection=conn, settings=settings)
+    fake_resend.fail_next(1, 500, "internal_server_error", "boom")
+    assert drain(connection=conn, settings=settings).retrying == 1
+    meta = json.loads(conn.hget(f"rq:job:{job_id}", "meta") or b"")  # JSON, never pickle
+    record = read_record(meta)
+    assert record.get("attempts") == 1 and record.get("error", {}).get("name") == "internal_server_error"
+    assert isinstance(record.get("next_retry_in_s"), int)
+    assert decode_job_data(conn.hget(f"rq:job:{job_id}", "data"))["payload"]["email"]["to"] == [
+        "p@example.com"
+    ]
+    assert conn.zscore("rq:scheduled:emails", job_id) is not None
 
 
 @pytest.mark.parametrize("max_attempts", [1, 6])
@@ -254,7 +296,8 @@ def test_accept_forgets_dead_executions_of_the_job_only(store: JobStore, setting
     conn.hset(f"rq:execution:{job_id}:mine", mapping={"worker_name": "worker-b"})
     assert store.accept(job_id, worker_name="worker-b", sent=1)
     assert conn.zrange(f"rq:executions:{job_id}", 0, -1) == [b"mine"]
-    assert json.loads(conn.hget(f"rq:job:{job_id}", "emailqueue_accepted") or b"{}")["sent"] == 1
+    accepted = json.loads(conn.hget(f"rq:job:{job_id}", "emailqueue_accepted") or b"{}")
+    assert set(accepted) == {"at", "sent"} and accepted["sent"] == 1 and accepted["at"].endswith("Z")
     assert not store.accept("em_gone", worker_name="", sent=1)
     assert not conn.exists("rq:job:em_gone")
 
@@ -283,6 +326,14 @@ def test_a_drain_reports_an_accepted_abandoned_job_as_recovered_not_sent(
     report = drain(connection=store.conn, settings=settings, wall_clock=lambda: time.time() + LATER)
     assert (report.recovered, report.processed, report.sent, report.failed) == (1, 0, 0, 0)
     assert fake_resend.requests == []
+
+
+def test_requeue_with_one_attempt_gives_no_retries(store: JobStore, settings: Settings) -> None:
+    one = settings.model_copy(update={"email_max_attempts": 1})
+    job_id = _claim_and_die(store, one)
+    store.fail(job_id, name="x", message="y", member=f"{job_id}:dead-1")
+    assert requeue_failed(store.conn, one).requeued == [job_id]
+    assert store.conn.hget(f"rq:job:{job_id}", "retries_left") == b"0"
 
 
 def test_requeue_counts_add_up_over_requeues_and_start_from_nothing(
