@@ -161,6 +161,9 @@ def test_every_way_a_job_fails_leaves_the_same_shape(
     # What each one says, where the status API and RQ's tools read it.
     reason = exc_string_of(conn.xrevrange(f"rq:results:{sent}", "+", "-", count=1))
     assert "validation_error" in reason and "bad" in reason
+    unreadable = read_record(conn.hget(f"rq:job:{bad}", "meta")).get("error", {})
+    assert unreadable.get("name") == "bad_payload"
+    assert unreadable.get("message", "").startswith("the job hash is unreadable: ")
     (job_id,) = rejected
     record = read_record(conn.hget(f"rq:job:{job_id}", "meta"))
     assert record.get("error") == {
@@ -357,3 +360,29 @@ def test_requeue_counts_add_up_over_requeues_and_start_from_nothing(
         assert requeue_failed(conn, settings, [job_id]).requeued == [job_id]
         record = read_record(conn.hget(f"rq:job:{job_id}", "meta"))
         assert (record.get("requeued"), record.get("past_attempts")) == expected
+
+
+class _Broken:
+    """A Sender with a bug: it raises something that is not a SendError."""
+
+    def send(self, email: dict[str, object], *, idempotency_key: str) -> str:
+        raise RuntimeError("x" * 400)
+
+    def send_batch(self, emails: list[dict[str, object]], *, idempotency_key: str) -> object:
+        raise RuntimeError("x" * 400)
+
+
+def test_an_unexpected_error_in_a_send_is_retried_as_an_internal_error(
+    conn: redis.Redis, settings: Settings
+) -> None:
+    ids = [
+        send_email(to=f"p{i}@example.com", subject="s", text="t", connection=conn, settings=settings)
+        for i in range(2)
+    ]
+    report = drain(connection=conn, settings=settings, client=_Broken())  # type: ignore[arg-type]
+    assert (report.retrying, report.failed, report.sent) == (2, 0, 0)
+    for job_id in ids:
+        error = read_record(conn.hget(f"rq:job:{job_id}", "meta")).get("error", {})
+        assert (error.get("name"), error.get("status_code")) == ("internal_error", None)
+        assert error.get("message", "").startswith("RuntimeError('xxx")
+        assert len(error.get("message", "")) == 300  # cut short
