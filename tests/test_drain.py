@@ -373,3 +373,5 @@ def test_the_intermediate_sweep_forgets_ids_that_left_the_list(conn: redis.Redis
     conn.lpush(keys.intermediate, job_id)  # much later the same job passes through again
     assert run(5000.0) == []  # a fresh grace period, not the stale first sighting
     assert conn.llen(keys.queue) == 0
+    assert run(5200.0) == [job_id]  # past that grace: back on the queue
+    assert conn.lrange(keys.queue, 0, -1) == [job_id.encode()]
