@@ -111,15 +111,60 @@ def send_event_email(
         ConfigurationError, QueueError: as for :func:`send_email`.
     """
     settings = settings or load_settings()
+    unique, template = _event_message(event_id, recipients, subject, html, text, fields, settings)
+    q = resolve_queue(settings, connection, queue)
+    batchable = not template.attachments and template.send_at is None and settings.email_batch
+    pending = {
+        normalized: template.model_copy(update={"to": [address]}) for normalized, address in unique.items()
+    }
+    return _write_event(pending, batchable, q, settings, event_id)
+
+
+def _event_message(
+    event_id: str,
+    recipients: list[str],
+    subject: str,
+    html: str | None,
+    text: str | None,
+    fields: dict[str, Any],
+    settings: Settings,
+) -> tuple[dict[str, str], EmailMessage]:
+    """The unique recipients (normalized -> as given) and the message every one of them gets.
+
+    Raises:
+        InvalidEmailError: every problem found, at once.
+    """
     problems: list[FieldProblem] = []
     if not _is_text(event_id, 200) or not event_id.strip():
         problems.append(
             FieldProblem("event_id", "must be a non-empty UTF-8 string of at most 200 characters")
         )
+    unique = _unique_recipients(recipients, problems)
+    template: EmailMessage | None = None
+    if unique or not problems:
+        content = {"subject": subject, "html": html, "text": text, **fields}
+        try:
+            template = build_message(
+                {"to": next(iter(unique.values()), "x@example.com"), **content},
+                default_from=settings.email_from,
+            )
+        except InvalidEmailError as exc:
+            problems += [p for p in exc.problems if not p.field.startswith("to")]
+    if problems or template is None:
+        raise InvalidEmailError(problems)
+    return unique, template
+
+
+def _unique_recipients(recipients: Any, problems: list[FieldProblem]) -> dict[str, str]:
+    """normalized address -> the address as given, first one wins; bad ones go to ``problems``.
+
+    Raises:
+        InvalidEmailError: more than :data:`MAX_EVENT_RECIPIENTS` (nothing else is checked).
+    """
     if not isinstance(recipients, list | tuple) or not recipients:
         problems.append(FieldProblem("recipients", "must be a non-empty list of addresses"))
-        recipients = []
-    elif len(recipients) > MAX_EVENT_RECIPIENTS:
+        return {}
+    if len(recipients) > MAX_EVENT_RECIPIENTS:
         raise InvalidEmailError(
             [
                 FieldProblem(
@@ -135,47 +180,19 @@ def send_event_email(
             unique.setdefault(normalized_recipient(check_address(address)), address)
         except (ValueError, TypeError, AttributeError) as exc:
             problems.append(FieldProblem(f"recipients[{i}]", str(exc) or "must be an address string"))
-    template: EmailMessage | None = None
-    if unique or not problems:
-        try:
-            template = build_message(
-                {
-                    "to": next(iter(unique.values()), "x@example.com"),
-                    "subject": subject,
-                    "html": html,
-                    "text": text,
-                    **fields,
-                },
-                default_from=settings.email_from,
-            )
-        except InvalidEmailError as exc:
-            problems += [p for p in exc.problems if not p.field.startswith("to")]
-    if problems:
-        raise InvalidEmailError(problems)
-    assert template is not None
-    q = resolve_queue(settings, connection, queue)
-    batchable = not template.attachments and template.send_at is None and settings.email_batch
-    pending = {
-        normalized: template.model_copy(update={"to": [address]}) for normalized, address in unique.items()
-    }
+    return unique
+
+
+def _write_event(
+    pending: dict[str, EmailMessage], batchable: bool, q: Queue, settings: Settings, event_id: str
+) -> list[str]:
+    """Write the jobs of ``pending`` recipients; those another call already queued for this event
+    are left out, and the rest written again, for at most :data:`MAX_WRITE_ROUNDS` rounds."""
     queued: list[str] = []
     token = uuid.uuid4().hex
     for _ in range(MAX_WRITE_ROUNDS):
         jobs = _plan(pending, batchable, q, settings, event_id)
-        taken: dict[str, str] = {}
-        # One atomic write if it fits Upstash's request limit; otherwise several, each atomic.
-        for group in _write_groups(jobs):
-            result = write_jobs(q.connection, q, group, settings.email_dedup_ttl_s, token)
-            if result.taken:
-                taken = result.taken
-                # Markers holding our own token were set by an earlier attempt of this very call
-                # (a request redis-py retried after losing the reply): those jobs are queued.
-                ours = {guard for guard, holder in taken.items() if holder == token}
-                queued += [job.job_id for job in group if job.guards and set(job.guards) <= ours]
-                break
-            queued += result.queued
-            done = {key for job in group for key in job.guards}
-            pending = {n: m for n, m in pending.items() if _guard(q, event_id, n) not in done}
+        taken, pending = _write_round(jobs, pending, q, settings, event_id, token, queued)
         if not taken:
             return queued
         # Some recipients are already queued or sent for this event: leave them out, go again.
@@ -183,11 +200,37 @@ def send_event_email(
     raise QueueError("send_event_email: the recipients kept changing under concurrent calls; try again")
 
 
+def _write_round(
+    jobs: list[PreparedJob],
+    pending: dict[str, EmailMessage],
+    q: Queue,
+    settings: Settings,
+    event_id: str,
+    token: str,
+    queued: list[str],
+) -> tuple[dict[str, str], dict[str, EmailMessage]]:
+    """One round: one atomic write if it fits Upstash's request limit, otherwise several, each
+    atomic. Appends what it queued to ``queued``; returns (markers taken by another call, the
+    recipients still pending)."""
+    for group in _write_groups(jobs):
+        result = write_jobs(q.connection, q, group, settings.email_dedup_ttl_s, token)
+        if result.taken:
+            # Markers holding our own token were set by an earlier attempt of this very call
+            # (a request redis-py retried after losing the reply): those jobs are queued.
+            ours = {guard for guard, holder in result.taken.items() if holder == token}
+            queued += [job.job_id for job in group if job.guards and set(job.guards) <= ours]
+            return result.taken, pending
+        queued += result.queued
+        done = {key for job in group for key in job.guards}
+        pending = {n: m for n, m in pending.items() if _guard(q, event_id, n) not in done}
+    return {}, pending
+
+
 def _guard(queue: Queue, event_id: str, normalized: str) -> str:
     return dedup_key(dedup_digest(queue.name, "event", event_id, normalized), queue)
 
 
-#: Upstash takes at most 10 MB per request (PLATFORM_FACTS): one enqueue script call carries at
+#: Upstash takes at most 10 MB per request (docs/PLATFORM.md): one enqueue script call carries at
 #: most this much job data, and one chunk job at most a quarter of it.
 WRITE_BUDGET_BYTES = 8 * 1024 * 1024
 CHUNK_BUDGET_BYTES = WRITE_BUDGET_BYTES // 4

@@ -1,7 +1,7 @@
 """The serverless drain: deliver a bounded batch of queued emails and return in time.
 
 Why not RQ's ``Worker.work(burst=True)``? In a web request it cannot work (signal handlers and
-SIGALRM need the main thread; PLATFORM_FACTS "RQ traps"), and on an empty queue it costs 44
+SIGALRM need the main thread; docs/PLATFORM.md "RQ traps"), and on an empty queue it costs 44
 commands in 33 round trips, 1.9M commands a month at one run a minute. The drain instead:
 
 1. **probes** with one pipelined round trip of 3 commands (queue length, due retries,
@@ -16,34 +16,24 @@ handler, so it is safe in FastAPI's threadpool. Jobs stay plain RQ jobs througho
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
-import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import redis
-from rq import Queue
-from rq.job import Job, JobStatus
-from rq.registry import FailedJobRegistry
-from rq.results import Result
-from rq.serializers import JSONSerializer
 
-from . import _scripts
 from ._connection import connect_from, redis_errors
-from ._constants import JOB_FUNC_PATH, META_KEY
-from ._exceptions import PermanentSendError, RetryableSendError, SendError
-from ._jobs import _client_for, apply_failure_policy
-from ._keys import QueueKeys
-from ._payload import parse_payload
+from ._exceptions import RetryableSendError, SendError
+from ._jobs import RUNTIME
+from ._payload import decode_job_data, parse_payload
 from ._ratelimit import RateLimiter, limiter_key
-from ._send import Outcome, Sender, failure_record, record_rejected, send
+from ._send import Outcome, Sender, send
 from ._settings import Settings, load_settings
+from ._store import Claimed, JobStore
 
 log = logging.getLogger("emailqueue.drain")
 
@@ -74,14 +64,6 @@ class DrainReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class _Claimed:
-    job_id: str
-    member: str
-    data: bytes
-    meta: bytes
 
 
 def drain(
@@ -119,7 +101,7 @@ def drain(
     """
     settings = settings or load_settings()
     if client is None:
-        client = _client_for(settings)  # fails here, before any job is claimed, if the key is missing
+        client = RUNTIME.client_for(settings)  # fails here, before any job is claimed, if the key is missing
     conn = connection if connection is not None else connect_from(settings)
     run = _Run(
         conn=conn,
@@ -154,10 +136,10 @@ class _Run:
         self.conn, self.settings, self.client = conn, settings, client
         self.limit, self.budget = limit, budget
         self.clock, self.wall_clock, self.sleep, self.on_progress = clock, wall_clock, sleep, on_progress
-        self.queue = Queue(settings.email_queue_name, connection=conn, serializer=JSONSerializer)
-        self.keys = QueueKeys.of(self.queue)
+        self.store = JobStore(conn, settings.email_queue_name, settings, wall_clock=wall_clock)
+        self.keys = self.store.keys
         self.limiter = RateLimiter(
-            conn, limiter_key(self.queue.name), settings.resend_rate_limit, clock=wall_clock, sleep=sleep
+            conn, limiter_key(self.keys.name), settings.resend_rate_limit, clock=wall_clock, sleep=sleep
         )
         self.report = DrainReport()
         self.started = clock()
@@ -191,48 +173,22 @@ class _Run:
         return report
 
     def _promote(self, now: float) -> int:
-        script = self.conn.register_script(_scripts.PROMOTE)
-        keys = self.keys
-        moved = int(
-            script(keys=[keys.scheduled, keys.queue, keys.lock], args=[now, keys.job_prefix, STEP_LIMIT])
-        )
-        return max(moved, 0)
+        return self.store.promote(now=now, limit=STEP_LIMIT)
 
     def _recover(self, now: float) -> int:
-        script = self.conn.register_script(_scripts.RECOVER)
-        keys = self.keys
-        requeued, failed = script(
-            keys=[keys.started, keys.queue, keys.failed, keys.intermediate],
-            args=[now, keys.job_prefix, STEP_LIMIT],
-        )
-        for raw_id in failed:
-            job_id = raw_id.decode()
-            log.warning("job %s was abandoned by a dead worker with no attempts left: failed", job_id)
-            _note_failure(
-                self.queue, job_id, "abandoned", "its worker died mid-send and no attempts were left"
-            )
-        if requeued:
-            log.warning(
-                "requeued %d job(s) abandoned by a dead worker (same idempotency keys)", len(requeued)
-            )
-        return len(requeued) + len(failed)
+        recovered = self.store.recover(now=now, limit=STEP_LIMIT, lease=ABANDON_GRACE_S)
+        return len(recovered.requeued) + len(recovered.exhausted) + len(recovered.done)
 
     def _sweep(self, now: float) -> int:
         """Put back jobs a dead VM worker left in RQ's intermediate list (see _scripts.SWEEP)."""
-        script = self.conn.register_script(_scripts.SWEEP)
-        keys = self.keys
-        moved = script(
-            keys=[keys.intermediate, keys.queue, keys.intermediate_seen],
-            args=[now, INTERMEDIATE_GRACE_S, keys.job_prefix],
-        )
+        moved = self.store.sweep(now=now, grace=INTERMEDIATE_GRACE_S)
         if moved:
             log.warning("requeued %d job(s) a dead VM worker left in RQ's intermediate list", len(moved))
         return len(moved)
 
     def _work(self, pool: ThreadPoolExecutor) -> None:
         """Rounds of: claim jobs, reserve a send slot for each, send them concurrently, settle."""
-        claim = self.conn.register_script(_scripts.CLAIM)
-        report, settings, keys = self.report, self.settings, self.keys
+        report, settings = self.report, self.settings
         while True:
             if report.processed >= self.limit:
                 report.stopped = "max_jobs"
@@ -250,36 +206,27 @@ class _Run:
                 report.stopped = "time_budget"
                 return
             wanted = min(settings.concurrency, self.limit - report.processed)
-            now = self.wall_clock()
-            stamp = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-            prefix = f"{self.execution}-{report.processed}-"
-            args: list[Any] = [
-                wanted,
-                now,
-                prefix,
-                "emailqueue-drain",
-                stamp,
-                keys.job_prefix,
-                ABANDON_GRACE_S,
-            ]
-            rows = [
-                _Claimed(r[0].decode(), r[1], r[2], r[3])
-                for r in claim(keys=[keys.queue, keys.started], args=args)
-            ]
+            rows = self.store.claim(
+                n=wanted,
+                now=self.wall_clock(),
+                execution_prefix=f"{self.execution}-{report.processed}-",
+                worker="emailqueue-drain",
+                grace=ABANDON_GRACE_S,
+            )
             if not rows:
                 report.stopped = "empty"
                 return
             # Send slots for exactly what was claimed; jobs with no slot in time go back.
             granted, wait = self.limiter.reserve(len(rows), horizon=horizon)
             if granted < len(rows):
-                self._unclaim(rows[granted:])
+                self.store.unclaim(rows[granted:])
                 rows = rows[:granted]
                 if not rows:
                     report.stopped = "time_budget"  # no send slot frees up in time
                     return
             interval = self.limiter.interval
             futures = [pool.submit(self._send, row, wait + i * interval) for i, row in enumerate(rows)]
-            done: list[_Claimed] = []
+            done: list[Claimed] = []
             try:
                 for row, future in zip(rows, futures, strict=True):
                     error = future.exception()
@@ -294,106 +241,40 @@ class _Run:
                     if self.on_progress is not None:
                         self.on_progress(report)
             finally:
-                self._ack(done)  # whatever else happens, what was sent is never sent again
+                self.store.ack(done)  # whatever else happens, what was sent is never sent again
 
-    def _send(self, row: _Claimed, delay: float) -> Outcome:
+    def _send(self, row: Claimed, delay: float) -> Outcome:
         """Runs in the pool: wait for this job's send slot, send, record rejected recipients."""
+        if row.accepted:
+            log.warning("job %s: Resend already accepted it; not sent again", row.job_id)
+            return Outcome(sent=0)
         if delay > 0:
             self.sleep(delay)
-        payload = parse_payload(_decode(row.data)["payload"])
-        try:
-            outcome = send(payload, self.client)
-        except SendError as exc:
-            if exc.status_code == 429 and exc.name == "rate_limit_exceeded":
-                self.limiter.pause(exc.retry_after or 1.0)  # every sender waits, not just this one
-            raise
+        payload = parse_payload(decode_job_data(row.data)["payload"])
+        # The slot was reserved for this job; a 429 still pauses every sender sharing the limit.
+        outcome = send(payload, self.client, limiter=self.limiter, slot_reserved=True)
         if outcome.rejected:
-            record_rejected(self.conn, self.queue.name, payload, outcome.rejected, self.settings)
+            self.store.record_rejected(payload, outcome.rejected)
         return outcome
 
-    def _unclaim(self, rows: list[_Claimed]) -> None:
-        script = self.conn.register_script(_scripts.UNCLAIM)
-        args: list[Any] = [self.keys.job_prefix]
-        for row in rows:
-            args += [row.job_id, row.member]
-        script(keys=[self.keys.queue, self.keys.started], args=args)
-
-    def _ack(self, rows: list[_Claimed]) -> None:
-        """Done: drop the started entries and delete the jobs (``result_ttl=0``), in one round trip."""
-        if not rows:
-            return
-        with self.conn.pipeline(transaction=False) as pipe:
-            pipe.zrem(self.keys.started, *[row.member for row in rows])
-            pipe.delete(*[self.keys.job_prefix + row.job_id for row in rows])
-            pipe.execute()
-
-    def _fail(self, row: _Claimed, exc: BaseException) -> None:
-        """Retry or fail a job through RQ's own Job API, exactly as a VM worker would. A job hash
-        RQ cannot even read (garbage fields) is failed directly, alone."""
+    def _fail(self, row: Claimed, exc: BaseException) -> None:
+        """Retry or fail a job through the store, as a VM worker would. A job hash RQ cannot even
+        read (garbage fields) is failed with our record only."""
         if isinstance(exc, SendError):
             error: SendError = exc
         else:
             log.error("unexpected error sending job %s: %r", row.job_id, exc)
             error = RetryableSendError(repr(exc)[:300], name="internal_error")
         try:
-            job = Job.fetch(row.job_id, connection=self.conn, serializer=JSONSerializer)
-            apply_failure_policy(job, error, self.settings)
+            retrying = self.store.retry_or_fail(row, error)
         except redis.RedisError:
             raise  # Redis, not the job, failed: the claim stays, and a later run recovers the job
         except Exception as unreadable:
             log.error("job %s is unreadable (%r): failed", row.job_id, unreadable)
             reason = f"the job hash is unreadable: {unreadable!r}"[:300]
-            self._fail_unreadable(row, PermanentSendError(reason, name="bad_payload"))
-            return
-        with self.conn.pipeline() as pipe:
-            pipe.zrem(self.keys.started, row.member)
-            if job.should_retry:
-                job.retry(self.queue, pipe)
-                self.report.retrying += 1
-            else:
-                job.set_status(JobStatus.FAILED, pipeline=pipe)
-                registry = FailedJobRegistry(queue=self.queue)
-                registry.add(job, ttl=job.failure_ttl, exc_string=str(error), pipeline=pipe)
-                # The reason where RQ's own tools (rq info, dashboards) look for it, as a worker writes it.
-                Result.create_failure(job, job.failure_ttl, exc_string=str(error), pipeline=pipe)
-                self.report.failed += 1
-            pipe.execute()
-
-    def _fail_unreadable(self, row: _Claimed, error: PermanentSendError) -> None:
-        """Fail a job without RQ's Job API (it cannot load it): status, our record, the registry."""
-        record = {META_KEY: failure_record(None, name=error.name, message=error.message)}
-        with self.conn.pipeline() as pipe:
-            pipe.zrem(self.keys.started, row.member)
-            pipe.hset(
-                self.keys.job_prefix + row.job_id, mapping={"status": "failed", "meta": json.dumps(record)}
-            )
-            pipe.zadd(self.keys.failed, {row.job_id: self.wall_clock() + self.settings.email_failure_ttl_s})
-            pipe.execute()
-        self.report.failed += 1
-
-
-def _note_failure(queue: Queue, job_id: str, name: str, message: str) -> None:
-    """Record why a job failed outside a send (the status API shows it)."""
-    try:
-        job = Job.fetch(job_id, connection=queue.connection, serializer=JSONSerializer)
-    except Exception:  # the hash is gone: nothing to annotate
-        return
-    job.meta[META_KEY] = failure_record(job.meta.get(META_KEY), name=name, message=message)
-    job.save_meta()  # type: ignore[no-untyped-call]
-
-
-def _decode(data: bytes) -> dict[str, Any]:
-    """The kwargs of a job hash's ``data`` field, or a permanent error saying why not.
-
-    Only our JSON-serialized ``deliver`` jobs run here: a pickle payload, or any other function
-    on this queue, is refused and failed, never executed.
-    """
-    try:
-        func, _instance, args, kwargs = json.loads(zlib.decompress(data))
-    except Exception:
-        raise PermanentSendError(
-            "job data is not a JSON-serialized RQ call (pickle?)", name="bad_payload"
-        ) from None
-    if func != JOB_FUNC_PATH or args or not isinstance(kwargs, dict) or "payload" not in kwargs:
-        raise PermanentSendError(f"not an emailqueue job ({str(func)[:80]})", name="bad_payload")
-    return dict(kwargs)
+            self.store.fail(row.job_id, name="bad_payload", message=reason, member=row.member)
+            retrying = False
+        if retrying:
+            self.report.retrying += 1
+        else:
+            self.report.failed += 1

@@ -23,74 +23,19 @@ from typing import Any
 import redis
 from rq import Queue, Retry
 from rq.job import Job, JobStatus
-from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.utils import now
 
 from ._connection import connect_from, redis_errors
 from ._constants import DEDUP_KEY_TEMPLATE, DERIVED_JOB_PREFIX, JOB_FUNC_PATH, RANDOM_JOB_PREFIX
+from ._keys import QueueKeys
 from ._message import EmailMessage
 from ._payload import Payload, idempotency_key_for
 from ._redact import mask_email, split_address
+from ._scripts import Scripts
 from ._settings import Settings
 
 BATCH_JOB_PREFIX = "eb_"
-
-# ARGV: dedup ttl, call token, then per job: job key, job id, guard count, guards..., field count,
-# field, value... KEYS: queue, rq:queues.
-# If any guard (dedup marker) exists, nothing is written and {0, {guard, its token, ...}} is
-# returned; otherwise every guard is set to the token, every new job written and pushed:
-# {1, {new job ids}}.
-_ENQUEUE_LUA = """
-local ttl, token = tonumber(ARGV[1]), ARGV[2]
-local jobs, guards = {}, {}
-local a = 3
-while a <= #ARGV do
-  local job = {key = ARGV[a], id = ARGV[a + 1], g1 = a + 3, gn = a + 2 + tonumber(ARGV[a + 2])}
-  for i = job.g1, job.gn do guards[#guards + 1] = ARGV[i] end
-  job.f1 = job.gn + 2
-  job.fn = job.gn + 1 + tonumber(ARGV[job.gn + 1]) * 2
-  a = job.fn + 1
-  jobs[#jobs + 1] = job
-end
-local found = 0
-for i = 1, #guards, 1000 do
-  found = found + redis.call('EXISTS', unpack(guards, i, math.min(i + 999, #guards)))
-end
-if found > 0 then
-  local taken = {}
-  for _, g in ipairs(guards) do
-    local holder = redis.call('GET', g)
-    if holder then taken[#taken + 1] = g; taken[#taken + 1] = holder end
-  end
-  return {0, taken}
-end
-local queued = {}
-local pending = {queued = true, scheduled = true, started = true, deferred = true}
-for _, job in ipairs(jobs) do
-  for i = job.g1, job.gn do redis.call('SET', ARGV[i], token, 'EX', ttl) end
-  if job.gn >= job.g1 then
-    -- A derived id can outlive its markers: a failed job is kept longer than a marker. A job of
-    -- that id still pending is left alone; a finished or failed one is replaced by the new one.
-    local status = redis.call('HGET', job.key, 'status')
-    if not (status and pending[status]) then
-      if status then
-        redis.call('DEL', job.key)
-        redis.call('ZREM', KEYS[3], job.id)
-      end
-      redis.call('HSET', job.key, unpack(ARGV, job.f1, job.fn))
-      queued[#queued + 1] = job.id
-    end
-  elseif redis.call('HSET', job.key, unpack(ARGV, job.f1, job.fn)) > 0 then
-    queued[#queued + 1] = job.id
-  end
-end
-for i = 1, #queued, 1000 do
-  redis.call('RPUSH', KEYS[1], unpack(queued, i, math.min(i + 999, #queued)))
-end
-if #queued > 0 then redis.call('SADD', KEYS[2], KEYS[1]) end
-return {1, queued}
-"""
 
 
 @dataclass(frozen=True)
@@ -124,7 +69,8 @@ def normalized_recipient(address: str) -> str:
     return split_address(address)[1].lower()
 
 
-def _job(payload: Payload, job_id: str, *, queue: Queue, settings: Settings) -> dict[str, Any]:
+def job_mapping(payload: Payload, job_id: str, *, queue: Queue, settings: Settings) -> dict[str, Any]:
+    """The RQ job hash of one emailqueue job (queued), as ``rq.job.Job`` itself writes it."""
     retry = None
     if settings.email_max_attempts > 1:
         retry = Retry(max=settings.email_max_attempts - 1, interval=int(settings.email_backoff_base_s))
@@ -168,7 +114,7 @@ def prepare_single(
         job_id = RANDOM_JOB_PREFIX + uuid.uuid4().hex
     email = message.to_resend(default_from=settings.email_from)
     payload = Payload.single(email, idempotency_key_for(job_id), event_id)
-    return PreparedJob(job_id, _job(payload, job_id, queue=queue, settings=settings), guards)
+    return PreparedJob(job_id, job_mapping(payload, job_id, queue=queue, settings=settings), guards)
 
 
 def prepare_batch(
@@ -186,7 +132,7 @@ def prepare_batch(
         ids=[DERIVED_JOB_PREFIX + d for d in digests],
         batch=True,
     )
-    mapping = _job(payload, job_id, queue=queue, settings=settings)
+    mapping = job_mapping(payload, job_id, queue=queue, settings=settings)
     return PreparedJob(job_id, mapping, tuple(dedup_key(d, queue) for d in digests))
 
 
@@ -200,16 +146,13 @@ def write_jobs(
     """
     if not jobs:
         return WriteResult([], {})
-    args: list[Any] = [dedup_ttl, token or uuid.uuid4().hex]
-    for job in jobs:
-        args += [Job.key_for(job.job_id), job.job_id, len(job.guards), *job.guards, len(job.mapping)]
-        for field, value in job.mapping.items():
-            args += [field, value]
-    script = connection.register_script(_ENQUEUE_LUA)
     with redis_errors("enqueue", connection):
-        failed = FailedJobRegistry(queue=queue).key
-        ok, items = script(keys=[queue.key, queue.redis_queues_keys, failed], args=args)
-    values = [v.decode() if isinstance(v, bytes) else str(v) for v in items]
+        ok, values = Scripts(connection, QueueKeys.of(queue)).enqueue(
+            jobs=[(Job.key_for(job.job_id), job.job_id, job.guards, job.mapping) for job in jobs],
+            dedup_ttl=dedup_ttl,
+            token=token or uuid.uuid4().hex,
+            queues_key=queue.redis_queues_keys,
+        )
     if ok:
         return WriteResult(values, {})
     return WriteResult([], dict(zip(values[::2], values[1::2], strict=True)))

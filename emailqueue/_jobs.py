@@ -1,24 +1,18 @@
-"""The job function RQ runs, and the retry policy applied to the job when a send fails.
+"""The job function RQ runs, and the worker runtime it sends with.
 
 A plain VM worker runs it::
 
     rq worker --with-scheduler --serializer json --url "$QUEUE_REDIS_URL" emails
 
-RQ calls :func:`deliver` with the JSON payload. On a failed send the policy edits the job RQ is
-running (``rq.get_current_job()`` is that very object) before the exception propagates, so
-RQ's own failure handling does the right thing:
-
-- retryable: ``retry_intervals`` is set to our backoff (a larger ``retry-after`` wins) and RQ
-  schedules the retry in its ScheduledJobRegistry;
-- quota exceeded: as retryable, but one attempt is given back, so waiting costs nothing;
-- permanent: ``retries_left`` is set to 0 and RQ moves the job to its FailedJobRegistry now.
-
-The error name, message and attempt count go into ``job.meta["emailqueue"]`` for the status API.
+RQ calls :func:`deliver` with the JSON payload. On a failed send the retry policy
+(:mod:`._retry`) edits the job RQ is running (``rq.get_current_job()`` is that very object)
+before the exception propagates, so RQ's own failure handling does the right thing. On a send
+Resend accepted, the acceptance is recorded on the job (:meth:`._store.JobStore.accept`) before
+RQ's success handling runs: a job whose acceptance is recorded is never sent again.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import random
 import threading
@@ -27,20 +21,88 @@ from typing import Any
 from rq import get_current_job
 from rq.job import Job
 
-from ._backoff import compute_backoff
-from ._constants import META_KEY
-from ._exceptions import ConfigurationError, PermanentSendError, QuotaExceededError, SendError
+from ._exceptions import ConfigurationError, SendError
 from ._outbox import OutboxClient
 from ._payload import parse_payload
 from ._ratelimit import RateLimiter, limiter_key
 from ._resend import ResendClient, build_http_client
-from ._send import LOCAL_RATE_LIMIT, Outcome, Sender, failure_record, record_rejected, send
+from ._retry import apply_failure_policy, keep_for_later
+from ._send import Outcome, Sender, send
 from ._settings import Settings, load_settings
+from ._store import JobStore
 
 log = logging.getLogger("emailqueue")
 
-_runtime_lock = threading.Lock()
-_runtime: tuple[Settings, Sender] | None = None
+
+class WorkerRuntime:
+    """The settings and Resend clients of one worker process, built on first use and reused.
+
+    One client per configuration for the life of the process: warm serverless invocations reuse
+    its connection pool (no new TLS handshake). :meth:`close` closes every client it built.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._current: tuple[Settings, Sender] | None = None
+        self._clients: dict[tuple[str, str, float, float], ResendClient] = {}
+
+    def configure(self, settings: Settings | None = None, client: Sender | None = None) -> None:
+        """Use these settings and client; with no arguments, forget the configuration and close
+        the clients built here."""
+        if settings is None and client is None:
+            self.close()
+            return
+        with self._lock:
+            settings = settings or load_settings()
+            self._current = (settings, client if client is not None else self._client_for(settings))
+
+    def get(self) -> tuple[Settings, Sender]:
+        """The configured settings and client, or ones read from the environment.
+
+        Raises:
+            ConfigurationError: no RESEND_API_KEY outside dev mode.
+        """
+        with self._lock:
+            if self._current is None:
+                settings = load_settings()
+                self._current = (settings, self._client_for(settings))
+            return self._current
+
+    def client_for(self, settings: Settings) -> Sender:
+        """A Resend client for ``settings``; in dev mode without a key, the local outbox.
+
+        Raises:
+            ConfigurationError: no RESEND_API_KEY outside dev mode.
+        """
+        with self._lock:
+            return self._client_for(settings)
+
+    def _client_for(self, settings: Settings) -> Sender:
+        if settings.resend_api_key is None and settings.dev_mode:
+            return OutboxClient(settings.emailqueue_outbox_dir)
+        key = (
+            settings.require_api_key(),
+            settings.resend_api_url,
+            settings.resend_connect_timeout_s,
+            settings.resend_timeout_s,
+        )
+        client = self._clients.get(key)
+        if client is None:
+            http = build_http_client(connect_timeout=key[2], read_timeout=key[3])
+            client = self._clients[key] = ResendClient(http, api_key=key[0], base_url=key[1])
+        return client
+
+    def close(self) -> None:
+        """Close every Resend client built here, and forget the configuration."""
+        with self._lock:
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()
+            self._current = None
+
+
+#: This process's runtime (RQ calls :func:`deliver` by import path, so it is found here).
+RUNTIME = WorkerRuntime()
 
 
 def configure_worker(settings: Settings | None = None, client: Sender | None = None) -> None:
@@ -48,52 +110,9 @@ def configure_worker(settings: Settings | None = None, client: Sender | None = N
 
     A VM ``rq worker`` needs none of this: it reads the environment on its first job. Call it to
     run jobs in-process with your own ``httpx`` client (tests do), or with no arguments to
-    forget a previous configuration.
+    forget a previous configuration and close the Resend clients it built.
     """
-    global _runtime
-    with _runtime_lock:
-        if settings is None and client is None:
-            _runtime = None
-            return
-        settings = settings or load_settings()
-        if client is None:
-            client = _client_for(settings)
-        _runtime = (settings, client)
-
-
-def _client_for(settings: Settings) -> Sender:
-    """A Resend client; or, in dev mode without a key, the local outbox.
-
-    One client per configuration for the life of the process: warm serverless invocations reuse
-    its connection pool (no new TLS handshake), and no run leaks one.
-
-    Raises:
-        ConfigurationError: no RESEND_API_KEY outside dev mode.
-    """
-    if settings.resend_api_key is None and settings.dev_mode:
-        return OutboxClient(settings.emailqueue_outbox_dir)
-    return _cached_client(
-        settings.require_api_key(),
-        settings.resend_api_url,
-        settings.resend_connect_timeout_s,
-        settings.resend_timeout_s,
-    )
-
-
-@functools.lru_cache(maxsize=8)
-def _cached_client(api_key: str, base_url: str, connect_timeout: float, read_timeout: float) -> ResendClient:
-    http = build_http_client(connect_timeout=connect_timeout, read_timeout=read_timeout)
-    return ResendClient(http, api_key=api_key, base_url=base_url)
-
-
-def _default_runtime() -> tuple[Settings, Sender]:
-    """Settings and a Resend client for this worker process, built on first use and reused."""
-    global _runtime
-    with _runtime_lock:
-        if _runtime is None:
-            settings = load_settings()
-            _runtime = (settings, _client_for(settings))
-        return _runtime
+    RUNTIME.configure(settings, client)
 
 
 def deliver(payload: dict[str, Any]) -> str:
@@ -102,38 +121,29 @@ def deliver(payload: dict[str, Any]) -> str:
 
     Raises:
         SendError: the send failed; the job has been told whether and when to retry.
-        ConfigurationError: RESEND_API_KEY is missing (RQ retries the job; fix and it goes out).
+        ConfigurationError: RESEND_API_KEY is missing (the job is kept without spending an
+            attempt; fix it and the email goes out).
     """
     job = get_current_job()
     try:
-        settings, client = _default_runtime()
+        settings, client = RUNTIME.get()
     except ConfigurationError as exc:
         if job is not None:
-            _keep_for_later(job, exc)
+            keep_for_later(job, exc)
         raise
-    limiter = None
-    if job is not None:
-        limiter = RateLimiter(job.connection, limiter_key(job.origin), settings.resend_rate_limit)
-    outcome = send_payload(payload, client, settings, job=job, limiter=limiter)
+    if job is None:
+        outcome = send_payload(payload, client, settings)
+        return f"sent {outcome.sent}, rejected {len(outcome.rejected)}"
+    store = JobStore(job.connection, job.origin, settings)
+    if store.is_accepted(job.id):
+        # Resend accepted this job before (its worker died, or RQ failed to finish it): done.
+        store.accept(job.id, worker_name=job.worker_name or "", sent=0)
+        log.warning("job %s: Resend already accepted it; not sent again", job.id)
+        return "already accepted by Resend"
+    limiter = RateLimiter(job.connection, limiter_key(job.origin), settings.resend_rate_limit)
+    outcome = send_payload(payload, client, settings, job=job, limiter=limiter, store=store)
+    store.accept(job.id, worker_name=job.worker_name or "", sent=outcome.sent)
     return f"sent {outcome.sent}, rejected {len(outcome.rejected)}"
-
-
-#: How long a job waits when the worker is misconfigured (no key): it is kept, not failed.
-MISCONFIGURED_RETRY_S = 60
-
-
-def _keep_for_later(job: Job, exc: ConfigurationError) -> None:
-    """The worker cannot send at all (no API key): keep the job, spend no attempt, retry later."""
-    job.retries_left = (job.retries_left or 0) + 1
-    job.retry_intervals = [MISCONFIGURED_RETRY_S]
-    job.meta[META_KEY] = failure_record(
-        job.meta.get(META_KEY),
-        name="misconfigured",
-        message=str(exc),
-        next_retry_in_s=MISCONFIGURED_RETRY_S,
-        count_attempt=False,
-    )
-    log.error("job %s kept for later: %s", job.id, exc)
 
 
 def send_payload(
@@ -144,6 +154,7 @@ def send_payload(
     job: Job | None = None,
     rng: random.Random | None = None,
     limiter: RateLimiter | None = None,
+    store: JobStore | None = None,
 ) -> Outcome:
     """Parse ``raw``, send it, record rejected batch recipients, and on failure apply the retry
     policy to ``job``."""
@@ -158,59 +169,5 @@ def send_payload(
             apply_failure_policy(job, exc, settings, rng=rng)
         raise
     if outcome.rejected and job is not None:
-        record_rejected(job.connection, job.origin, payload, outcome.rejected, settings)
+        (store or JobStore(job.connection, job.origin, settings)).record_rejected(payload, outcome.rejected)
     return outcome
-
-
-def attempts_so_far(job: Job) -> int:
-    """Failed attempts recorded on the job (0 before the first failure)."""
-    record = job.meta.get(META_KEY)
-    return int(record.get("attempts", 0)) if isinstance(record, dict) else 0
-
-
-def apply_failure_policy(
-    job: Job, exc: SendError, settings: Settings, *, rng: random.Random | None = None
-) -> None:
-    """Record the failure on ``job`` and set how RQ should retry it (see the module docstring)."""
-    attempts = attempts_so_far(job) + 1
-    retries_left = job.retries_left or 0
-    delay: int | None = None
-    if isinstance(exc, PermanentSendError):
-        job.retries_left = 0
-    elif exc.name == LOCAL_RATE_LIMIT:
-        # Other senders hold every slot: not a failed send, so no attempt is spent.
-        job.retries_left = retries_left + 1
-        delay = compute_backoff(1, base=2.0, cap=2.0, retry_after=exc.retry_after, rng=rng)
-    elif isinstance(exc, QuotaExceededError):
-        # Not the email's fault: give the attempt back and wait for the quota.
-        job.retries_left = retries_left + 1
-        delay = compute_backoff(
-            1,
-            base=settings.email_quota_retry_s,
-            cap=settings.email_quota_retry_s,
-            retry_after=exc.retry_after,
-            rng=rng,
-        )
-    elif retries_left > 0:
-        delay = compute_backoff(
-            attempts,
-            base=settings.email_backoff_base_s,
-            cap=settings.email_backoff_cap_s,
-            retry_after=exc.retry_after,
-            rng=rng,
-        )
-    if delay is not None:
-        job.retry_intervals = [delay]
-    job.meta[META_KEY] = failure_record(
-        job.meta.get(META_KEY),  # keeps what requeues recorded (requeued, past_attempts)
-        name=exc.name,
-        message=exc.message,
-        status_code=exc.status_code,
-        next_retry_in_s=delay,
-    )
-    # RQ persists the job when it schedules a retry, but not when it fails it for good.
-    job.save_meta()  # type: ignore[no-untyped-call]
-    if delay is None:
-        log.warning("job %s failed for good after %d attempt(s): %s", job.id, attempts, exc)
-    else:
-        log.warning("job %s attempt %d failed (%s); retry in %ds", job.id, attempts, exc, delay)

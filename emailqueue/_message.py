@@ -1,6 +1,6 @@
 """The email model: Resend's ``POST /emails`` fields, validated before anything touches Redis.
 
-Limits come from Resend (PLATFORM_FACTS.md, "Resend"): 1-50 ``to`` addresses, tag names and
+Limits come from Resend (docs/PLATFORM.md, "Resend"): 1-50 ``to`` addresses, tag names and
 values of ``[A-Za-z0-9_-]`` up to 256 characters, base64 attachments, 40 MB per email after
 encoding, ``scheduled_at`` at most 30 days ahead.
 """

@@ -19,10 +19,12 @@ under that id. Single emails stay version 1, so older workers keep delivering th
 
 from __future__ import annotations
 
+import json
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._constants import IDEMPOTENCY_KEY_PREFIX
+from ._constants import IDEMPOTENCY_KEY_PREFIX, JOB_FUNC_PATH
 from ._exceptions import PermanentSendError
 
 EMAIL_VERSION = 1
@@ -114,3 +116,24 @@ def parse_payload(raw: Any) -> Payload:
         raise _bad("'ids' must list one job id per email")
     checked = [_check_email(e, f"emails[{i}]") for i, e in enumerate(emails)]
     return Payload(checked, key, event_id, list(ids), batch=True)
+
+
+def decode_job_data(data: bytes | None) -> dict[str, Any]:
+    """The kwargs of a job hash's ``data`` field (RQ's zlib-compressed JSON call), or a
+    permanent error saying why not.
+
+    Only our JSON-serialized ``deliver`` jobs pass: a pickle payload, or any other function on
+    this queue, is refused, never executed.
+
+    Raises:
+        PermanentSendError: ``bad_payload``.
+    """
+    try:
+        func, _instance, args, kwargs = json.loads(zlib.decompress(data or b""))
+    except Exception:
+        raise PermanentSendError(
+            "job data is not a JSON-serialized RQ call (pickle?)", name="bad_payload"
+        ) from None
+    if func != JOB_FUNC_PATH or args or not isinstance(kwargs, dict) or "payload" not in kwargs:
+        raise PermanentSendError(f"not an emailqueue job ({str(func)[:80]})", name="bad_payload")
+    return dict(kwargs)

@@ -1,6 +1,6 @@
 """A global send-rate limit shared through Redis by every drain and every VM worker.
 
-Resend's rate limit is per team, shared by all its keys (2 requests/s by default; PLATFORM_FACTS
+Resend's rate limit is per team, shared by all its keys (2 requests/s by default; docs/PLATFORM.md
 "Resend"). Senders in different processes and functions must therefore share one limiter, or
 they spend their retries on 429s. This one is GCRA (a token bucket with no burst): each acquire
 reserves the next free send slot, spaced ``1/rate`` apart (plus a small margin, since requests

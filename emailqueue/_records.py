@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import zlib
 from dataclasses import dataclass
 from typing import Any, Final
@@ -20,7 +19,8 @@ from typing import Any, Final
 from rq.utils import parse_composite_key
 from rq.worker import Worker
 
-from ._constants import META_KEY
+from ._failure import read_record
+from ._payload import decode_job_data
 from ._redact import mask_email, redact_text
 
 #: Longest error message shown for one failed job.
@@ -75,7 +75,7 @@ def text_of(value: Any) -> str:
 def needs_rq_reason(fields: list[Any]) -> bool:
     """Whether the job (its hash's :data:`JOB_FIELDS`) exists but has no error record of ours."""
     exists = fields[0] is not None or fields[1] is not None
-    return exists and not isinstance(_record_of(fields[1]).get("error"), dict)
+    return exists and read_record(fields[1]).get("error") is None
 
 
 def exc_string_of(stream_reply: Any) -> str:
@@ -94,14 +94,11 @@ def read_failed_job(job_id: str, fields: list[Any], exc_string: str = "") -> Fai
     if data is None and meta_raw is None:
         return None  # the hash expired with its failure TTL
     emails = _emails_of(data)
-    record = _record_of(meta_raw)
+    record = read_record(meta_raw)
     error = record.get("error")
-    if isinstance(error, dict):
-        status = error.get("status_code")
+    if error is not None:
         info = ErrorInfo(
-            name=str(error.get("name") or "unknown_error"),
-            message=scrub_text(str(error.get("message") or "")),
-            status_code=status if isinstance(status, int) else None,
+            name=error["name"], message=scrub_text(error["message"]), status_code=error["status_code"]
         )
     else:
         info = _reason(exc_string)
@@ -114,9 +111,9 @@ def read_failed_job(job_id: str, fields: list[Any], exc_string: str = "") -> Fai
         to=[mask_email(str(r)) for r in recipients],
         subject=scrub_text(str(subject)) if subject is not None else None,
         error=info,
-        attempts=attempts if isinstance(attempts, int) else None,
+        attempts=attempts,
         failed_at=str(failed_at) if failed_at else None,
-        requeued=int(record.get("requeued") or 0),
+        requeued=record.get("requeued", 0),
     )
 
 
@@ -124,8 +121,7 @@ def _emails_of(data: bytes | None) -> list[dict[str, Any]]:
     """The Resend emails of an emailqueue job's data: one (payload v1, ``email``) or a batch
     (v2, ``emails``); none for anything else (pickle, a foreign job)."""
     try:
-        _func, _instance, _args, kwargs = json.loads(zlib.decompress(data or b""))
-        payload = kwargs["payload"]
+        payload = decode_job_data(data)["payload"]
         emails = payload["emails"] if "emails" in payload else [payload["email"]]
     except Exception:
         return []
@@ -134,14 +130,6 @@ def _emails_of(data: bytes | None) -> list[dict[str, Any]]:
 
 def _as_list(to: Any) -> list[Any]:
     return [to] if isinstance(to, str) else to if isinstance(to, list) else []
-
-
-def _record_of(meta: bytes | None) -> dict[str, Any]:
-    try:
-        record = json.loads(meta or b"{}").get(META_KEY)
-    except Exception:
-        return {}
-    return record if isinstance(record, dict) else {}
 
 
 def _reason(exc_string: str) -> ErrorInfo:

@@ -1,7 +1,7 @@
 """A small Resend client on an injected ``httpx.Client``.
 
 Every Resend reply and every httpx exception is translated into the :class:`SendError`
-tree here and nowhere else (PLATFORM_FACTS.md, "Resend": error names and which are permanent).
+tree here and nowhere else (docs/PLATFORM.md, "Resend": error names and which are permanent).
 """
 
 from __future__ import annotations
@@ -112,6 +112,10 @@ class ResendClient:
         self._base_url = base_url.rstrip("/")
         self._api_key = api_key
         self._headers = {"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT}
+
+    def close(self) -> None:
+        """Close the ``httpx.Client`` (its connection pool)."""
+        self._http.close()
 
     def send(self, email: dict[str, Any], *, idempotency_key: str) -> str:
         """``POST /emails`` with an Idempotency-Key; returns Resend's email id.

@@ -5,7 +5,7 @@ ZREVRANGEBYSCORE, HMGET), in two pipelined round trips (three when a job failed 
 record, to read RQ's own reason). It never calls a registry's ``count``
 or ``get_job_ids()``: those run ``StartedJobRegistry.cleanup()``, which runs failure callbacks
 under a SIGALRM death penalty and so breaks off the main thread, as in FastAPI's threadpool
-(PLATFORM_FACTS, "RQ traps"). Recovering abandoned jobs is the drain's job anyway.
+(docs/PLATFORM.md, "RQ traps"). Recovering abandoned jobs is the drain's job anyway.
 
 Nothing here returns a message body, an API key or the Redis URL: recipients are masked
 (``j***@example.com``) and every error message is scrubbed (``_records.scrub_text``).
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
 import redis
@@ -27,7 +27,6 @@ from rq.utils import now as rq_now
 from rq.utils import utcformat, utcparse
 
 from ._connection import redis_errors
-from ._constants import META_KEY
 from ._exceptions import QueueError
 from ._keys import QueueKeys
 from ._records import (
@@ -42,44 +41,10 @@ from ._records import (
     worker_name,
 )
 from ._settings import Settings
+from ._store import JobStore
 
 #: Ids requeued per script call: each call blocks Redis while it runs, so keep it short.
 REQUEUE_BATCH: Final = 500
-
-#: Requeue failed jobs, each in one atomic step. ``ZREM`` from the failed registry decides who
-#: requeues a job, so two concurrent requeues push it once. The job keeps its payload, hence its
-#: idempotency key; it gets a full set of retries, and our meta record drops the error but counts
-#: the requeue and the attempts spent before it. Its hash loses the failure TTL RQ set on it.
-#: KEYS: failed registry, queue, rq:queues. ARGV: job key prefix, retries_left, enqueued_at,
-#: meta key, then the job ids. Returns {requeued ids, ids not in the registry (or hash gone)}.
-REQUEUE: Final = """
-local requeued, missing = {}, {}
-for i = 5, #ARGV do
-  local id = ARGV[i]
-  local key = ARGV[1] .. id
-  if redis.call('ZREM', KEYS[1], id) == 1 and redis.call('EXISTS', key) == 1 then
-    local ok, meta = pcall(cjson.decode, redis.call('HGET', key, 'meta') or '')
-    if not ok or type(meta) ~= 'table' then meta = {} end
-    local old = meta[ARGV[4]]
-    if type(old) ~= 'table' then old = {} end
-    meta[ARGV[4]] = {
-      attempts = 0, error = cjson.null, failed_at = cjson.null, next_retry_in_s = cjson.null,
-      requeued = (tonumber(old['requeued']) or 0) + 1,
-      past_attempts = (tonumber(old['past_attempts']) or 0) + (tonumber(old['attempts']) or 0),
-    }
-    redis.call('HSET', key, 'status', 'queued', 'retries_left', ARGV[2], 'enqueued_at', ARGV[3],
-      'meta', cjson.encode(meta))
-    redis.call('HDEL', key, 'started_at', 'ended_at', 'exc_info', 'worker_name')
-    redis.call('PERSIST', key)
-    redis.call('RPUSH', KEYS[2], id)
-    requeued[#requeued + 1] = id
-  else
-    missing[#missing + 1] = id
-  end
-end
-if #requeued > 0 then redis.call('SADD', KEYS[3], KEYS[2]) end
-return {requeued, missing}
-"""
 
 
 @dataclass(frozen=True)
@@ -101,10 +66,12 @@ class QueueStatus:
 
 @dataclass(frozen=True)
 class RequeueReport:
-    """Which failed jobs went back on the queue, and which ids were not failed jobs."""
+    """Which failed jobs went back on the queue, which ids were not failed jobs, and which were
+    deleted instead because Resend had accepted them (requeueing would send them again)."""
 
     requeued: list[str]
     not_found: list[str]
+    already_delivered: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -141,47 +108,62 @@ def queue_status(
     """
     keys = QueueKeys.of(Queue(settings.email_queue_name, connection=connection))
     now = time.time() if now is None else now
-    limit = max(failed_limit, 0)
     with redis_errors("queue status"), connection.pipeline(transaction=False) as pipe:
-        pipe.llen(keys.queue)
-        pipe.zcard(keys.started)
-        pipe.zcard(keys.scheduled)
-        pipe.zcount(keys.failed, now, "+inf")
-        pipe.lindex(keys.queue, 0)
-        pipe.smembers(keys.workers)
-        if limit:
-            pipe.zrevrangebyscore(keys.failed, "+inf", now, start=0, num=limit)
-        queued, started, scheduled, failed, oldest, worker_keys, *rest = pipe.execute()
-        failed_ids = [text_of(v) for v in (rest[0] if rest else [])]
-        worker_keys = sorted(text_of(v) for v in worker_keys)
+        counts, oldest, failed_ids, worker_keys = _counts(pipe, keys, now, max(failed_limit, 0))
         # Second round trip: the details of what the first one found.
-        if oldest:
-            pipe.hget(Job.key_for(text_of(oldest)), "enqueued_at")
-        for job_id in failed_ids:
-            pipe.hmget(Job.key_for(job_id), *JOB_FIELDS)
-        for key in worker_keys:
-            pipe.hmget(key, "state", "last_heartbeat")
-            pipe.smembers(WORKER_EXECUTIONS_KEY_TEMPLATE.format(worker_name(key)))
-        replies = pipe.execute() if (oldest or failed_ids or worker_keys) else []
-    age = _age(replies.pop(0), now) if oldest else None
-    job_fields = dict(zip(failed_ids, replies, strict=False))
+        age, job_fields, worker_replies = _details(pipe, oldest, failed_ids, worker_keys, now)
     reasons = _rq_reasons(connection, [i for i, f in job_fields.items() if needs_rq_reason(f)])
     jobs = [job for i, f in job_fields.items() if (job := read_failed_job(i, f, reasons.get(i, "")))]
     jobs.sort(key=lambda job: job.failed_at or "", reverse=True)  # registry scores are whole seconds
-    pairs = replies[len(failed_ids) :]
     workers = [
-        w for i, key in enumerate(worker_keys) if (w := read_worker(key, pairs[2 * i], pairs[2 * i + 1]))
+        w
+        for i, key in enumerate(worker_keys)
+        if (w := read_worker(key, worker_replies[2 * i], worker_replies[2 * i + 1]))
     ]
     return QueueStatus(
-        queue=keys.name,
-        queued=int(queued),
-        started=int(started),
-        scheduled=int(scheduled),
-        failed=int(failed),
-        oldest_queued_age_s=age,
-        workers=workers,
-        recent_failed=jobs,
+        queue=keys.name, **counts, oldest_queued_age_s=age, workers=workers, recent_failed=jobs
     )
+
+
+def _counts(
+    pipe: Any, keys: QueueKeys, now: float, limit: int
+) -> tuple[dict[str, int], Any, list[str], list[str]]:
+    """First round trip: the counts, the oldest queued id, the failed ids to show, the workers."""
+    pipe.llen(keys.queue)
+    pipe.zcard(keys.started)
+    pipe.zcard(keys.scheduled)
+    pipe.zcount(keys.failed, now, "+inf")
+    pipe.lindex(keys.queue, 0)
+    pipe.smembers(keys.workers)
+    if limit:
+        pipe.zrevrangebyscore(keys.failed, "+inf", now, start=0, num=limit)
+    queued, started, scheduled, failed, oldest, worker_keys, *rest = pipe.execute()
+    counts = {
+        "queued": int(queued),
+        "started": int(started),
+        "scheduled": int(scheduled),
+        "failed": int(failed),
+    }
+    failed_ids = [text_of(v) for v in (rest[0] if rest else [])]
+    return counts, oldest, failed_ids, sorted(text_of(v) for v in worker_keys)
+
+
+def _details(
+    pipe: Any, oldest: Any, failed_ids: list[str], worker_keys: list[str], now: float
+) -> tuple[float | None, dict[str, Any], list[Any]]:
+    """Second round trip: the oldest job's age, the failed jobs' fields, the workers' fields."""
+    if not (oldest or failed_ids or worker_keys):
+        return None, {}, []
+    if oldest:
+        pipe.hget(Job.key_for(text_of(oldest)), "enqueued_at")
+    for job_id in failed_ids:
+        pipe.hmget(Job.key_for(job_id), *JOB_FIELDS)
+    for key in worker_keys:
+        pipe.hmget(key, "state", "last_heartbeat")
+        pipe.smembers(WORKER_EXECUTIONS_KEY_TEMPLATE.format(worker_name(key)))
+    replies = pipe.execute()
+    age = _age(replies.pop(0), now) if oldest else None
+    return age, dict(zip(failed_ids, replies, strict=False)), replies[len(failed_ids) :]
 
 
 def requeue_failed(
@@ -192,7 +174,9 @@ def requeue_failed(
     Each job keeps its payload and so its idempotency key (Resend still dedupes a send that did
     go through), gets ``EMAIL_MAX_ATTEMPTS - 1`` retries again, and its error is cleared from
     ``job.meta["emailqueue"]``, where ``requeued`` and ``past_attempts`` keep count. Each job is
-    requeued atomically: of two concurrent requeues, one wins and the job is pushed once.
+    requeued atomically: of two concurrent requeues, one wins and the job is pushed once. A job
+    whose acceptance by Resend is recorded is deleted instead (``already_delivered``): it was
+    sent, and requeueing it would send it again once Resend's idempotency window closed.
 
     Args:
         connection: the Redis connection.
@@ -205,29 +189,21 @@ def requeue_failed(
     Raises:
         QueueError: Redis failed; jobs requeued before the failure stay requeued.
     """
-    keys = QueueKeys.of(Queue(settings.email_queue_name, connection=connection))
-    requeued: list[str] = []
-    not_found: list[str] = []
+    store = JobStore(connection, settings.email_queue_name, settings)
+    report = RequeueReport([], [], [])
     with redis_errors("requeue"):
         if job_ids is None:
-            ids = [text_of(v) for v in connection.zrange(keys.failed, 0, -1)]
+            ids = [text_of(v) for v in connection.zrange(store.keys.failed, 0, -1)]
         else:
             ids = list(dict.fromkeys(job_ids))
-        script = connection.register_script(REQUEUE)
-        fixed: list[str | int] = [
-            Job.key_for(""),
-            max(settings.email_max_attempts - 1, 0),
-            utcformat(rq_now()),
-            META_KEY,
-        ]
         for start in range(0, len(ids), REQUEUE_BATCH):
-            chunk = ids[start : start + REQUEUE_BATCH]
-            done, missing = script(
-                keys=[keys.failed, keys.queue, Queue.redis_queues_keys], args=[*fixed, *chunk]
+            done, missing, delivered = store.requeue(
+                ids[start : start + REQUEUE_BATCH], enqueued_at=utcformat(rq_now())
             )
-            requeued += [text_of(v) for v in done]
-            not_found += [text_of(v) for v in missing]
-    return RequeueReport(requeued=requeued, not_found=not_found)
+            report.requeued.extend(done)
+            report.not_found.extend(missing)
+            report.already_delivered.extend(delivered)
+    return report
 
 
 def health(connection: redis.Redis, *, clock: Callable[[], float] = time.perf_counter) -> Health:

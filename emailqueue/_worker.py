@@ -95,12 +95,12 @@ class OneLineJobErrors(logging.Filter):
 def main() -> None:
     from rq.cli.cli import main as rq_main
 
-    from . import _jobs
     from ._exceptions import ConfigurationError
+    from ._jobs import RUNTIME
 
     # Without a key each job reports it and waits for the fix without spending an attempt.
     with contextlib.suppress(ConfigurationError):
-        _jobs._default_runtime()
+        RUNTIME.get()
     logging.getLogger("rq.worker").addFilter(OneLineJobErrors())
     rq_main(args=sys.argv[1:], prog_name="rq")
 

@@ -1,5 +1,5 @@
 """Batch fan-out: chunk jobs of up to 100 personal emails, one POST /emails/batch each
-(PLATFORM_FACTS "Resend": batch of at most 100, permissive validation, one Idempotency-Key;
+(docs/PLATFORM.md "Resend": batch of at most 100, permissive validation, one Idempotency-Key;
 no attachments or scheduled_at in a batch)."""
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ def test_three_500s_then_delivered_exactly_once(
 def test_429_retry_after_schedules_no_sooner(
     queue: Queue, settings: Settings, fake_resend: FakeResend
 ) -> None:
-    # PLATFORM_FACTS "Resend": a 429 carries retry-after; a larger retry-after beats our backoff.
+    # docs/PLATFORM.md "Resend": a 429 carries retry-after; a larger retry-after beats our backoff.
     slow = settings.model_copy(update={"email_backoff_base_s": 1.0, "email_backoff_cap_s": 1.0})
     configure_worker(slow)
     fake_resend.fail_next(1, 429, "rate_limit_exceeded", retry_after=2)

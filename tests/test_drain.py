@@ -189,14 +189,11 @@ def test_an_abandoned_claim_is_recovered_with_the_same_key(
 ) -> None:
     job_id = send_email(to="a@example.com", subject="s", text="t", connection=conn, settings=settings)
     # A drain that "died" mid-send: the job is claimed (started) and never acked.
-    from emailqueue import _scripts
-    from emailqueue._keys import QueueKeys
+    from emailqueue._store import JobStore
 
     queue = Queue("emails", connection=conn, serializer=JSONSerializer)
-    keys = QueueKeys.of(queue)
-    conn.register_script(_scripts.CLAIM)(
-        keys=[keys.queue, keys.started],
-        args=[1, time.time(), "dead-", "w", "2026-01-01T00:00:00Z", "rq:job:", 30],
+    JobStore(conn, "emails", settings).claim(
+        n=1, now=time.time(), execution_prefix="dead-", worker="w", grace=30
     )
     assert registry_counts(queue)["started"] == 1
     assert drain(connection=conn, settings=settings).processed == 0  # not yet abandoned
@@ -358,17 +355,14 @@ def test_a_reused_key_does_not_overwrite_a_job_still_pending(
 
 
 def test_the_intermediate_sweep_forgets_ids_that_left_the_list(conn: redis.Redis, settings: Settings) -> None:
-    from emailqueue import _scripts
-    from emailqueue._keys import QueueKeys
+    from emailqueue._store import JobStore
 
-    keys = QueueKeys.of(Queue("emails", connection=conn, serializer=JSONSerializer))
+    store = JobStore(conn, "emails", settings)
+    keys = store.keys
     job_id = send_email(to="a@example.com", subject="s", text="t", connection=conn, settings=settings)
-    sweep = conn.register_script(_scripts.SWEEP)
 
-    def run(now: float) -> list[bytes]:
-        return list(
-            sweep(keys=[keys.intermediate, keys.queue, keys.intermediate_seen], args=[now, 120, "rq:job:"])
-        )
+    def run(now: float) -> list[str]:
+        return store.sweep(now=now, grace=120)
 
     conn.lmove(keys.queue, keys.intermediate)  # a VM worker dequeues it ...
     assert run(1000.0) == []  # ... a drain notes when it first saw it there ...
@@ -379,3 +373,5 @@ def test_the_intermediate_sweep_forgets_ids_that_left_the_list(conn: redis.Redis
     conn.lpush(keys.intermediate, job_id)  # much later the same job passes through again
     assert run(5000.0) == []  # a fresh grace period, not the stale first sighting
     assert conn.llen(keys.queue) == 0
+    assert run(5200.0) == [job_id]  # past that grace: back on the queue
+    assert conn.lrange(keys.queue, 0, -1) == [job_id.encode()]

@@ -1,4 +1,4 @@
-"""The fake Resend server behaves as PLATFORM_FACTS.md says Resend does, and injects its faults."""
+"""The fake Resend server behaves as docs/PLATFORM.md says Resend does, and injects its faults."""
 
 from __future__ import annotations
 
@@ -335,16 +335,16 @@ def test_batch_holds_1_to_100_emails(fake: FakeResend, size: int) -> None:
 
 
 def test_rate_limit_answers_429_over_the_limit() -> None:
-    with FakeResend(rate_limit=5) as fake:
-        started = time.monotonic()
-        responses = [post(fake, other(n)) for n in range(10)]
-        elapsed = time.monotonic() - started
+    now = [100.0]
+    with FakeResend(rate_limit=5, clock=lambda: now[0]) as fake:
+        responses = [post(fake, other(n)) for n in range(10)]  # all inside one window
+        now[0] += 1.0  # the window has moved on
+        after = post(fake, other(10))
 
     statuses = [r.status_code for r in responses]
-    assert statuses[:5] == [200] * 5
-    assert len(fake.accepted) == statuses.count(200)
-    if elapsed < 1.0:  # all inside one window
-        assert statuses[5:] == [429] * 5
+    assert statuses == [200] * 5 + [429] * 5
+    assert after.status_code == 200
+    assert len(fake.accepted) == 6
     limited = responses[5]
     assert (limited.status_code, name_of(limited)) == (429, "rate_limit_exceeded")
     assert limited.headers["retry-after"] == "1"
@@ -397,30 +397,79 @@ def test_stop_is_prompt_and_releases_a_held_request() -> None:
     with ThreadPoolExecutor(1) as pool:
         held = pool.submit(post, fake)
         assert gate.arrived.wait(5)
-        started = time.monotonic()
-        fake.stop()
-        assert time.monotonic() - started < 1.0
+        fake.stop()  # releases the held request instead of waiting for it
         assert held.result(5).status_code == 200
 
     with pytest.raises(RuntimeError, match="not running"):
         _ = fake.url
 
 
-def test_command_line_serves_until_stopped(tmp_path: Path) -> None:
-    root = Path(__file__).resolve().parents[1]
-    with subprocess.Popen(
-        [sys.executable, "-m", "emailqueue.testing._fake_resend", "--port", "0"],
-        cwd=root,
+# --- model and server apart; run by hand ---
+
+
+def test_the_model_answers_in_process_through_an_httpx_mock_transport() -> None:
+    from emailqueue import ResendClient
+    from emailqueue.testing import ResendModel
+
+    model = ResendModel()
+    with httpx.Client(transport=model.transport()) as http:
+        client = ResendClient(http, api_key=model.api_key)
+        email_id = client.send(EMAIL, idempotency_key="k-1")
+        assert client.send(EMAIL, idempotency_key="k-1") == email_id  # replayed, not sent again
+    assert [e.to for e in model.accepted] == [["ada@example.com"]]
+    assert model.replays == 1
+
+
+def test_get_emails_lists_what_was_accepted_and_each_request_is_logged(
+    fake: FakeResend, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="emailqueue.fake_resend")
+    post(fake, other(1))
+    post(fake, {**EMAIL, "to": []})  # refused: not listed
+    listing = httpx.get(fake.url + "/emails", headers={"Authorization": f"Bearer {fake.api_key}"})
+    assert listing.status_code == 200
+    assert [(e["to"], e["subject"]) for e in listing.json()["data"]] == [(["user1@example.com"], "Hello 1")]
+    assert httpx.get(fake.url + "/emails").status_code == 401  # the listing needs the key too
+    lines = [r.getMessage() for r in caplog.records if r.name == "emailqueue.fake_resend"]
+    assert [line.split()[:3] for line in lines] == [
+        ["POST", "/emails", "200"],
+        ["POST", "/emails", "422"],
+        ["GET", "/emails", "200"],
+        ["GET", "/emails", "401"],
+    ]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        [sys.executable, "-m", "emailqueue.testing"],
+        [sys.executable, "-m", "emailqueue.testing._fake_resend"],
+        [str(Path(sys.executable).with_name("emailqueue-fake-resend"))],
+    ],
+    ids=["python -m emailqueue.testing", "python -m ..._fake_resend", "console script"],
+)
+def test_it_runs_standalone_without_warnings(command: list[str], tmp_path: Path) -> None:
+    """A person runs the fake by hand: it serves, lists what it accepted, logs each request,
+    and prints no warning (PYTHONWARNINGS=error would turn one into a crash)."""
+    proc = subprocess.Popen(
+        [*command, "--port", "0"],
+        cwd=tmp_path,
         stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-    ) as process:
-        try:
-            assert process.stdout is not None
-            match = re.search(r"http://127\.0\.0\.1:\d+", process.stdout.readline())
-            assert match is not None
-            response = httpx.post(
-                match.group() + "/emails", json=EMAIL, headers={"Authorization": "Bearer re_test_fake"}
-            )
-            assert response.status_code == 200
-        finally:
-            process.terminate()
+        env={"PYTHONWARNINGS": "error", "PATH": "/usr/bin:/bin"},
+    )
+    try:
+        assert proc.stdout is not None
+        banner = proc.stdout.readline()
+        match = re.search(r"http://127\.0\.0\.1:\d+", banner)
+        assert match is not None, banner + proc.stdout.read()
+        url = match.group() + "/emails"
+        headers = {"Authorization": "Bearer re_test_fake"}
+        assert httpx.post(url, json=EMAIL, headers=headers).status_code == 200
+        assert len(httpx.get(url, headers=headers).json()["data"]) == 1
+    finally:
+        proc.terminate()
+        rest, _ = proc.communicate(timeout=10)
+    assert "Warning" not in banner + rest, banner + rest
+    assert "POST /emails 200" in rest and "GET /emails 200" in rest, rest

@@ -1,5 +1,5 @@
 """Validation at enqueue: every bad message raises InvalidEmailError naming the field, and
-nothing is written to Redis (PLATFORM_FACTS "Resend": POST /emails limits)."""
+nothing is written to Redis (docs/PLATFORM.md "Resend": POST /emails limits)."""
 
 from __future__ import annotations
 

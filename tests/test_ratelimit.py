@@ -1,11 +1,10 @@
-"""The global send-rate limit shared through Redis (PLATFORM_FACTS "Resend": the rate limit is per
+"""The global send-rate limit shared through Redis (docs/PLATFORM.md "Resend": the rate limit is per
 team, shared by all keys; a 429 carries retry-after)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import pytest
 import redis
@@ -101,24 +100,33 @@ def test_a_429_pauses_all_senders_for_retry_after(
 
 
 def test_drains_under_the_limit_get_no_429(conn: redis.Redis, settings: Settings) -> None:
-    # A fast limit so the test takes about a second: the mechanism is the same at 2/s.
-    with FakeResend(rate_limit=20) as fake:
+    """Time is virtual: the drain's sleeps move the clock that both the limiter and the fake's
+    rate-limit window read, so pacing is checked exactly and without waiting."""
+    now = [1_000_000.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += max(seconds, 0.0)
+
+    with FakeResend(rate_limit=20, clock=lambda: now[0]) as fake:
         limited = settings.model_copy(
             update={
                 "resend_rate_limit": 20.0,
                 "resend_api_url": fake.url,
                 "resend_api_key": SecretStr(fake.api_key),
+                "drain_concurrency": 1,  # one send at a time, so the virtual clock is exact
             }
         )
         for i in range(20):
             send_email(to=f"p{i}@example.com", subject="s", text="t", connection=conn, settings=limited)
-        start = time.monotonic()
-        while drain(connection=conn, settings=limited).stopped != "empty":
+        start = now[0]
+        while (
+            drain(connection=conn, settings=limited, wall_clock=lambda: now[0], sleep=sleep).stopped
+            != "empty"
+        ):
             pass
-        elapsed = time.monotonic() - start
         assert len(fake.accepted) == 20
         assert [r.status for r in fake.requests if r.status == 429] == []
-        assert elapsed >= 19 * MARGIN / 20.0 * 0.95  # paced, not a burst
+        assert now[0] - start >= 19 * MARGIN / 20.0  # paced, not a burst
 
 
 def test_jobs_without_a_slot_in_the_budget_go_back_to_the_queue(

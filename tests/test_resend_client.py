@@ -1,5 +1,5 @@
 """The Resend client through httpx.MockTransport: headers, and every reply mapped to the right
-error class (PLATFORM_FACTS "Resend": permanent vs transient error names)."""
+error class (docs/PLATFORM.md "Resend": permanent vs transient error names)."""
 
 from __future__ import annotations
 

@@ -238,7 +238,7 @@ def test_requeue_by_id_keeps_the_payload_and_gives_full_retries(
 
     report = requeue_failed(conn, settings, [job_id])
 
-    assert report.to_dict() == {"requeued": [job_id], "not_found": []}
+    assert report.to_dict() == {"requeued": [job_id], "not_found": [], "already_delivered": []}
     key = f"rq:job:{job_id}"
     assert conn.hget(key, "status") == b"queued"
     assert int(conn.hget(key, "retries_left") or -1) == settings.email_max_attempts - 1
@@ -247,8 +247,7 @@ def test_requeue_by_id_keeps_the_payload_and_gives_full_retries(
     assert conn.lrange("rq:queue:emails", 0, -1) == [job_id.encode()]
     assert conn.zcard("rq:failed:emails") == 0
     record = json.loads(conn.hget(key, "meta") or b"{}")[META_KEY]
-    assert record["error"] is None and record["attempts"] == 0
-    assert (record["requeued"], record["past_attempts"]) == (1, 1)
+    assert record == {"error": None, "attempts": 0, "requeued": 1, "past_attempts": 1}
     # Full retries again: a transient failure now waits for a retry instead of failing.
     fake_resend.fail_next(1, 500, "internal_server_error")
     assert drain(connection=conn, settings=settings).retrying == 1
@@ -270,11 +269,15 @@ def test_requeued_job_is_delivered_with_its_original_idempotency_key(
 def test_requeue_all_and_unknown_ids(conn: redis.Redis, settings: Settings, fake_resend: FakeResend) -> None:
     ids = [fail_permanently(conn, settings, fake_resend, to=f"u{i}@example.com") for i in range(3)]
     missing = requeue_failed(conn, settings, ["em_nope", ids[0], ids[0]])
-    assert missing.to_dict() == {"requeued": [ids[0]], "not_found": ["em_nope"]}
+    assert missing.to_dict() == {"requeued": [ids[0]], "not_found": ["em_nope"], "already_delivered": []}
     rest = requeue_failed(conn, settings)
     assert sorted(rest.requeued) == sorted(ids[1:]) and rest.not_found == []
     assert conn.llen("rq:queue:emails") == 3
-    assert requeue_failed(conn, settings).to_dict() == {"requeued": [], "not_found": []}
+    assert requeue_failed(conn, settings).to_dict() == {
+        "requeued": [],
+        "not_found": [],
+        "already_delivered": [],
+    }
 
 
 def test_a_failed_entry_whose_job_expired_is_not_found_and_dropped(

@@ -59,7 +59,6 @@ def test_vm_worker_alone_retries_a_500_then_waits_out_a_quota_without_spending_a
     counts = ledger.finish(http=[r.status for r in fake_resend.requests], worker_exit=rc)
     assert [r.status for r in fake_resend.requests] == [500, 429, 200]
     assert (counts.lost, counts.duplicated, counts.stuck, counts.failed) == (0, 0, 0, 0), counts
-    assert counts.elapsed_s < 15
 
 
 def work_horse(worker_pid: int) -> int:

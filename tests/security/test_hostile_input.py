@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import random
 import string
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -389,16 +388,15 @@ def test_a_long_whitespace_padded_address_is_refused_at_once(
 
     (RFC 5321 caps an address at 254 characters; RFC 5322 a header line at 998.)
     """
-    started = time.perf_counter()
     with pytest.raises(InvalidEmailError) as info:
         send_email(connection=conn, settings=settings, **{**GOOD, "to": " " * 1200 + "x"})
-    elapsed = time.perf_counter() - started
     assert info.value.fields == ["to[0]"]
-    assert elapsed < 0.25, f"validating one address took {elapsed:.2f} s"
+    # Refused by the length check, before any pattern runs over the 1,200 spaces.
+    assert "longer than" in str(info.value), str(info.value)
     assert conn.dbsize() == canary
 
 
-UPSTASH_MAX_REQUEST = 10 * MB  # PLATFORM_FACTS "Upstash Redis": 10 MB per request
+UPSTASH_MAX_REQUEST = 10 * MB  # docs/PLATFORM.md "Upstash Redis": 10 MB per request
 
 
 def test_no_enqueue_command_exceeds_upstash_request_limit(

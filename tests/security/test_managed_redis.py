@@ -1,5 +1,5 @@
 """Managed Redis (scenario e): the whole pipeline as an ACL user that may not run the commands
-Upstash and ElastiCache restrict (PLATFORM_FACTS "Upstash Redis": CONFIG and CLIENT KILL are
+Upstash and ElastiCache restrict (docs/PLATFORM.md "Upstash Redis": CONFIG and CLIENT KILL are
 restricted), on the suite's own Valkey started with an ACL file.
 
 Two users: ``app`` lacks CONFIG, CLIENT KILL, MONITOR, DEBUG, SAVE/BGSAVE, FLUSHALL, SHUTDOWN and

@@ -1,0 +1,248 @@
+"""The job store: every change of a job's state, in one place.
+
++-----------+-------------------------------------------+----------------------------------+
+| change    | what it does                              | who calls it                     |
++===========+===========================================+==================================+
+| enqueue   | ENQUEUE, via :func:`._enqueue.write_jobs` | ``send_email``, ``send_*``       |
+| claim     | queued -> started, one atomic script      | the drain                        |
+| accept    | record Resend's acceptance on the job     | ``deliver`` under a VM worker    |
+| ack       | started -> gone (``result_ttl=0``)        | the drain                        |
+| retry     | the retry policy, then RQ's ``Job.retry`` | the drain (RQ does it for VMs)   |
+| fail      | -> failed, the one :data:`FAIL` script    | drain, recovery, rejected, bad   |
+| recover   | abandoned execution -> queued or failed   | the drain                        |
+| requeue   | failed -> queued (accepted: -> gone)      | admin API and CLI                |
++-----------+-------------------------------------------+----------------------------------+
+
+**An email Resend accepted is never failed nor sent again.** RQ's success handling of a job
+fetches every execution the job's registry lists, and one whose hash expired makes it raise
+(docs/PLATFORM.md, "RQ: executions"). So a re-run after a recovery would turn an email Resend
+accepted into a failure, retried until FAILED, and ``failed requeue`` would send it again. The
+store closes this at the root: :meth:`JobStore.recover` forgets the dead execution everywhere RQ
+lists it, :meth:`JobStore.accept` records the acceptance on the job hash and forgets the dead
+executions a worker's own maintenance recovered, and recovery, ``deliver``, the drain and
+requeue all honour a recorded acceptance (the job is done, nothing is sent).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import zlib
+from base64 import b64encode
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from rq import Queue
+from rq.job import Job
+from rq.results import Result
+from rq.serializers import JSONSerializer
+
+from ._enqueue import job_mapping
+from ._exceptions import SendError
+from ._failure import failure_record, meta_with, requeue_record
+from ._keys import QueueKeys
+from ._payload import Payload, idempotency_key_for
+from ._retry import apply_failure_policy
+from ._scripts import ACCEPTED_FIELD, Claimed, Recovered, Scripts
+from ._settings import Settings
+
+log = logging.getLogger("emailqueue")
+
+__all__ = ["Claimed", "JobStore", "Recovered"]
+
+
+def _stamp(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class JobStore:
+    """The state changes of the jobs of one queue.
+
+    Args:
+        conn: the Redis connection.
+        queue_name: the RQ queue.
+        settings: failure TTL, job timeout and the number of attempts come from here.
+        wall_clock: Unix time (tests pass a later one).
+    """
+
+    def __init__(
+        self,
+        conn: redis.Redis,
+        queue_name: str,
+        settings: Settings,
+        *,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.conn, self.settings, self.wall_clock = conn, settings, wall_clock
+        self.queue = Queue(queue_name, connection=conn, serializer=JSONSerializer)
+        self.keys = QueueKeys.of(self.queue)
+        self.scripts = Scripts(conn, self.keys)
+
+    # --- the drain's claim and ack ---
+    def claim(self, *, n: int, now: float, execution_prefix: str, worker: str, grace: int) -> list[Claimed]:
+        """Take up to ``n`` queued jobs (atomic): status started, an entry in the started registry
+        that counts as abandoned after the job's timeout plus ``grace``."""
+        return self.scripts.claim(
+            n=n,
+            now=now,
+            execution_prefix=execution_prefix,
+            worker=worker,
+            started_at=_stamp(now),
+            grace=grace,
+        )
+
+    def unclaim(self, rows: list[Claimed]) -> None:
+        """Give claimed jobs back, to the front of the queue."""
+        if rows:
+            self.scripts.unclaim(rows)
+
+    def ack(self, rows: list[Claimed]) -> None:
+        """Sent: drop the started entries and delete the jobs (``result_ttl=0``), in one round trip."""
+        if not rows:
+            return
+        with self.conn.pipeline(transaction=False) as pipe:
+            pipe.zrem(self.keys.started, *[row.member for row in rows])
+            pipe.delete(*[self.keys.job_prefix + row.job_id for row in rows])
+            pipe.execute()
+
+    # --- a VM worker's acceptance ---
+    def is_accepted(self, job_id: str) -> bool:
+        """Whether Resend's acceptance of this job's email(s) is recorded."""
+        return bool(self.conn.hexists(self.keys.job_prefix + job_id, ACCEPTED_FIELD))
+
+    def accept(self, job_id: str, *, worker_name: str, sent: int) -> bool:
+        """Record that Resend accepted the job's email(s), and forget the job's dead executions (so
+        RQ's success handling can delete the job). False if the job hash is gone."""
+        record = json.dumps({"at": _stamp(self.wall_clock()), "sent": sent})
+        return self.scripts.accept(job_id=job_id, record=record, worker_name=worker_name)
+
+    # --- retry and fail ---
+    def retry_or_fail(self, row: Claimed, error: SendError) -> bool:
+        """A claimed job's send failed: apply the retry policy, then schedule the retry (RQ's
+        ``Job.retry``) or fail the job. Returns True if it will be retried, False if it failed.
+
+        Raises:
+            redis.RedisError: Redis failed; the claim stays, a later drain recovers the job.
+            Exception: RQ cannot load the job (garbage fields): the caller fails it raw.
+        """
+        job = Job.fetch(row.job_id, connection=self.conn, serializer=JSONSerializer)
+        apply_failure_policy(job, error, self.settings)
+        if job.should_retry:
+            with self.conn.pipeline() as pipe:
+                pipe.zrem(self.keys.started, row.member)
+                job.retry(self.queue, pipe)
+                pipe.execute()
+            return True
+        self._fail(row.job_id, job.meta, member=row.member, exc_string=str(error), ttl=job.failure_ttl)
+        return False
+
+    def fail(
+        self,
+        job_id: str,
+        *,
+        name: str,
+        message: str,
+        member: str,
+        meta: Any = None,
+    ) -> bool:
+        """Fail a job outside a send (abandoned, unreadable): our record, then the FAIL script."""
+        record = failure_record(meta, name=name, message=message)
+        return self._fail(job_id, meta_with(meta, record), member=member, exc_string=f"{name}: {message}")
+
+    def _fail(
+        self,
+        job_id: str,
+        meta: Any,
+        *,
+        member: str,
+        exc_string: str,
+        ttl: int | None = None,
+        create: list[Any] | None = None,
+    ) -> bool:
+        now = self.wall_clock()
+        return self.scripts.fail(
+            job_id=job_id,
+            member=member,
+            meta=meta if isinstance(meta, str) else json.dumps(meta or {}),
+            now=now,
+            ended_at=_stamp(now),
+            ttl=ttl or self.settings.email_failure_ttl_s,
+            result_type=Result.Type.FAILED.value,
+            exc_string=b64encode(zlib.compress(exc_string.encode())).decode(),  # as RQ's Result stores it
+            create=create,
+        )
+
+    def record_rejected(self, payload: Payload, rejected: dict[int, str]) -> list[str]:
+        """Make each recipient Resend rejected from a batch a failed job of its own, under its own
+        id, with Resend's reason. The valid recipients were sent and are done. Returns the ids."""
+        failed = []
+        for index, message in sorted(rejected.items()):
+            job_id = payload.ids[index]
+            single = Payload.single(payload.emails[index], idempotency_key_for(job_id), payload.event_id)
+            mapping = job_mapping(single, job_id, queue=self.queue, settings=self.settings)
+            record = failure_record(None, name="rejected_recipient", message=message, status_code=422)
+            create: list[Any] = []
+            for field, value in mapping.items():
+                create += [field, value]
+            self._fail(
+                job_id,
+                meta_with(None, record),
+                member="",
+                exc_string=f"rejected by Resend: {message}",
+                create=create,
+            )
+            failed.append(job_id)
+        log.warning("batch %s: %d recipient(s) rejected by Resend", payload.idempotency_key, len(failed))
+        return failed
+
+    # --- recovery ---
+    def promote(self, *, now: float, limit: int) -> int:
+        """Move due retries back to the queue (unless an RQ scheduler is doing it)."""
+        return self.scripts.promote(now=now, limit=limit)
+
+    def sweep(self, *, now: float, grace: int) -> list[str]:
+        """Put back jobs a dead VM worker left in RQ's intermediate list."""
+        return self.scripts.sweep(now=now, grace=grace)
+
+    def recover(self, *, now: float, limit: int, lease: int) -> Recovered:
+        """Abandoned executions: requeue (one attempt spent), finish (Resend accepted it), or fail
+        (no attempts left). Exhausted jobs are failed here, through :meth:`fail`."""
+        recovered = self.scripts.recover(now=now, limit=limit, lease=lease)
+        for job_id, member in recovered.exhausted:
+            meta = self.conn.hget(self.keys.job_prefix + job_id, "meta")
+            log.warning("job %s was abandoned by a dead worker with no attempts left: failed", job_id)
+            self.fail(
+                job_id,
+                name="abandoned",
+                message="its worker died mid-send and no attempts were left",
+                member=member,
+                meta=meta,
+            )
+        if recovered.requeued:
+            log.warning(
+                "requeued %d job(s) abandoned by a dead worker (same idempotency keys)",
+                len(recovered.requeued),
+            )
+        return recovered
+
+    # --- repair ---
+    def requeue(self, job_ids: list[str], *, enqueued_at: str) -> tuple[list[str], list[str], list[str]]:
+        """Failed jobs back on the queue with a full set of retries. Returns (requeued, not found,
+        already delivered: Resend accepted them, so they were deleted instead)."""
+        with self.conn.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hget(self.keys.job_prefix + job_id, "meta")
+            metas = pipe.execute() if job_ids else []
+        pairs = [
+            (job_id, meta_with(meta, requeue_record(meta)))
+            for job_id, meta in zip(job_ids, metas, strict=True)
+        ]
+        return self.scripts.requeue(
+            metas=pairs,
+            retries_left=max(self.settings.email_max_attempts - 1, 0),
+            enqueued_at=enqueued_at,
+            queues_key=Queue.redis_queues_keys,
+        )

@@ -1,0 +1,389 @@
+"""The job store (emailqueue._store): recovery, the one way to fail, and recorded acceptance.
+
+Every test runs on both tiers (fakeredis and the suite's real server).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from rq import Queue
+
+from emailqueue import Settings, configure_worker, drain, requeue_failed, send_email, send_event_email
+from emailqueue._failure import read_record
+from emailqueue._payload import decode_job_data
+from emailqueue._records import exc_string_of
+from emailqueue._store import JobStore
+from emailqueue.testing import FakeResend
+
+from .helpers.rq_helpers import run_burst
+
+LATER = 10_000.0
+
+
+@pytest.fixture
+def store(conn: redis.Redis, settings: Settings) -> JobStore:
+    return JobStore(conn, "emails", settings)
+
+
+@pytest.fixture(autouse=True)
+def worker_runtime(settings: Settings) -> Iterator[None]:
+    configure_worker(settings)
+    yield
+    configure_worker()
+
+
+def _claim_and_die(store: JobStore, settings: Settings, *, retries_left: int | None = None) -> str:
+    """Queue one email; a drain claims it and dies. Returns the job id."""
+    job_id = send_email(to="a@example.com", subject="s", text="t", connection=store.conn, settings=settings)
+    if retries_left is not None:
+        store.conn.hset(f"rq:job:{job_id}", "retries_left", retries_left)
+    (row,) = store.claim(n=1, now=time.time(), execution_prefix="dead-", worker="w", grace=30)
+    assert row.job_id == job_id
+    return job_id
+
+
+def _failed_shape(conn: redis.Redis, job_id: str) -> dict[str, object]:
+    """What a failed job looks like to the status API and to RQ's tools."""
+    key = f"rq:job:{job_id}"
+    record = read_record(conn.hget(key, "meta"))
+    error = record.get("error")
+    return {
+        "status": conn.hget(key, "status"),
+        "in_failed_registry": conn.zscore("rq:failed:emails", job_id) is not None,
+        "has_ttl": conn.ttl(key) > 0,
+        "has_error_record": error is not None,
+        "has_attempts": "attempts" in record,
+        "has_rq_result": bool(exc_string_of(conn.xrevrange(f"rq:results:{job_id}", "+", "-", count=1))),
+        "started": conn.zcard("rq:wip:emails"),
+    }
+
+
+FAILED_SHAPE = {
+    "status": b"failed",
+    "in_failed_registry": True,
+    "has_ttl": True,
+    "has_error_record": True,
+    "has_attempts": True,
+    "has_rq_result": True,
+    "started": 0,
+}
+
+
+def test_recover_spends_one_attempt_of_an_abandoned_job(store: JobStore, settings: Settings) -> None:
+    """Without it, a job that kills its worker every time is requeued forever."""
+    job_id = _claim_and_die(store, settings, retries_left=3)
+    recovered = store.recover(now=time.time() + LATER, limit=10, lease=30)
+    assert recovered.requeued == [job_id]
+    assert store.conn.hget(f"rq:job:{job_id}", "retries_left") == b"2"
+    assert store.conn.hget(f"rq:job:{job_id}", "status") == b"queued"
+    assert store.conn.lrange("rq:queue:emails", 0, -1) == [job_id.encode()]
+    assert store.conn.zcard("rq:wip:emails") == 0
+
+
+def test_a_job_that_keeps_killing_its_worker_ends_failed(store: JobStore, settings: Settings) -> None:
+    job_id = _claim_and_die(store, settings, retries_left=2)
+    for _ in range(2):
+        assert store.recover(now=time.time() + LATER, limit=10, lease=30).requeued == [job_id]
+        store.claim(n=1, now=time.time(), execution_prefix="dead-", worker="w", grace=30)
+    recovered = store.recover(now=time.time() + LATER, limit=10, lease=30)
+    assert (recovered.requeued, [i for i, _ in recovered.exhausted]) == ([], [job_id])
+    assert store.conn.hget(f"rq:job:{job_id}", "status") == b"failed"
+
+
+def test_abandoned_with_no_attempts_left_is_failed_with_the_one_failure_shape(
+    store: JobStore, settings: Settings
+) -> None:
+    job_id = _claim_and_die(store, settings, retries_left=0)
+    report = drain(connection=store.conn, settings=settings, wall_clock=lambda: time.time() + LATER)
+    assert report.recovered == 1 and report.sent == 0
+    assert _failed_shape(store.conn, job_id) == FAILED_SHAPE
+    record = read_record(store.conn.hget(f"rq:job:{job_id}", "meta"))
+    assert record.get("error", {}) == {
+        "name": "abandoned",
+        "message": "its worker died mid-send and no attempts were left",
+        "status_code": None,
+    }
+    assert store.conn.llen("rq:queue:emails") == 0
+
+
+def test_failing_an_abandoned_job_keeps_its_earlier_record_and_other_meta(
+    store: JobStore, settings: Settings
+) -> None:
+    """The failure record is added to what the job carried: requeue counts and foreign meta keys."""
+    job_id = _claim_and_die(store, settings, retries_left=0)
+    earlier = {"emailqueue": {"attempts": 2, "requeued": 1, "past_attempts": 3}, "app": {"x": 1}}
+    store.conn.hset(f"rq:job:{job_id}", "meta", json.dumps(earlier))
+    store.recover(now=time.time() + LATER, limit=10, lease=30)
+    meta = json.loads(store.conn.hget(f"rq:job:{job_id}", "meta") or b"{}")
+    assert meta["app"] == {"x": 1}
+    record = read_record(meta)
+    assert (record.get("attempts"), record.get("requeued"), record.get("past_attempts")) == (3, 1, 3)
+    assert record.get("error", {}).get("name") == "abandoned"
+
+
+def test_an_exhausted_job_is_failed_once_by_overlapping_recoveries(
+    store: JobStore, settings: Settings
+) -> None:
+    """RECOVER leaves an exhausted entry for FAIL, whose ZREM decides who fails it."""
+    job_id = _claim_and_die(store, settings, retries_left=0)
+    first = store.scripts.recover(now=time.time() + LATER, limit=10, lease=30)
+    (_, member) = first.exhausted[0]
+    assert store.fail(job_id, name="abandoned", message="x", member=member)
+    assert not store.fail(job_id, name="abandoned", message="x", member=member)
+    assert read_record(store.conn.hget(f"rq:job:{job_id}", "meta")).get("attempts") == 1
+
+
+def test_every_way_a_job_fails_leaves_the_same_shape(
+    conn: redis.Redis, store: JobStore, settings: Settings, fake_resend: FakeResend
+) -> None:
+    """A permanent send error (drain), an unreadable job, a rejected batch recipient."""
+    fake_resend.fail_next(1, 422, "validation_error", "bad")
+    sent = send_email(to="p@example.com", subject="s", text="t", connection=conn, settings=settings)
+    assert drain(connection=conn, settings=settings).failed == 1
+    bad = send_email(to="u@example.com", subject="s", text="t", connection=conn, settings=settings)
+    conn.hset(f"rq:job:{bad}", mapping={"data": b"garbage", "created_at": "not a date"})
+    assert drain(connection=conn, settings=settings).failed == 1
+    fake_resend.reject_recipients = {"r1@example.com"}
+    send_event_email(
+        "launch", ["r0@example.com", "r1@example.com"], "Hi", text="x", connection=conn, settings=settings
+    )
+    assert drain(connection=conn, settings=settings).failed == 1
+    rejected = [i.decode() for i in conn.zrange("rq:failed:emails", 0, -1) if i.decode() not in (sent, bad)]
+    for job_id in (sent, bad, *rejected):
+        assert _failed_shape(conn, job_id) == FAILED_SHAPE, job_id
+    assert len(rejected) == 1
+    # What each one says, where the status API and RQ's tools read it.
+    reason = exc_string_of(conn.xrevrange(f"rq:results:{sent}", "+", "-", count=1))
+    assert "validation_error" in reason and "bad" in reason
+    unreadable = read_record(conn.hget(f"rq:job:{bad}", "meta")).get("error", {})
+    assert unreadable.get("name") == "bad_payload"
+    assert unreadable.get("message", "").startswith("the job hash is unreadable: ")
+    (job_id,) = rejected
+    record = read_record(conn.hget(f"rq:job:{job_id}", "meta"))
+    assert record.get("error") == {
+        "name": "rejected_recipient",
+        "message": "invalid recipient",
+        "status_code": 422,
+    }
+    payload = decode_job_data(conn.hget(f"rq:job:{job_id}", "data"))["payload"]
+    assert payload["idempotency_key"] == f"emailqueue-{job_id}"
+    assert (payload["event_id"], payload["email"]["to"]) == ("launch", ["r1@example.com"])
+
+
+def test_a_failed_job_keeps_its_own_failure_ttl(
+    conn: redis.Redis, settings: Settings, fake_resend: FakeResend
+) -> None:
+    """The TTL the job was enqueued with, not today's setting."""
+    job_id = send_email(to="p@example.com", subject="s", text="t", connection=conn, settings=settings)
+    conn.hset(f"rq:job:{job_id}", "failure_ttl", 1000)
+    fake_resend.fail_next(1, 422, "validation_error", "bad")
+    assert drain(connection=conn, settings=settings).failed == 1
+    assert 0 < conn.ttl(f"rq:job:{job_id}") <= 1000
+    assert conn.zscore("rq:failed:emails", job_id) <= time.time() + 1001
+
+
+def test_a_drain_retry_keeps_the_job_json_with_its_record(
+    conn: redis.Redis, settings: Settings, fake_resend: FakeResend
+) -> None:
+    job_id = send_email(to="p@example.com", subject="s", text="t", connection=conn, settings=settings)
+    fake_resend.fail_next(1, 500, "internal_server_error", "boom")
+    assert drain(connection=conn, settings=settings).retrying == 1
+    meta = json.loads(conn.hget(f"rq:job:{job_id}", "meta") or b"")  # JSON, never pickle
+    record = read_record(meta)
+    assert record.get("attempts") == 1 and record.get("error", {}).get("name") == "internal_server_error"
+    assert isinstance(record.get("next_retry_in_s"), int)
+    assert decode_job_data(conn.hget(f"rq:job:{job_id}", "data"))["payload"]["email"]["to"] == [
+        "p@example.com"
+    ]
+    assert conn.zscore("rq:scheduled:emails", job_id) is not None
+
+
+@pytest.mark.parametrize("max_attempts", [1, 6])
+def test_a_vm_worker_with_no_api_key_keeps_the_jobs_attempts(
+    queue: Queue,
+    settings: Settings,
+    fake_resend: FakeResend,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    max_attempts: int,
+) -> None:
+    settings = settings.model_copy(update={"email_max_attempts": max_attempts})
+    job_id = send_email(to="a@example.com", subject="s", text="t", queue=queue, settings=settings)
+    earlier = {"emailqueue": {"attempts": 0, "requeued": 2, "past_attempts": 4}}
+    queue.connection.hset(f"rq:job:{job_id}", "meta", json.dumps(earlier))
+    before = int(queue.connection.hget(f"rq:job:{job_id}", "retries_left") or 0)
+    configure_worker()  # the worker reads its environment: no RESEND_API_KEY there
+    for name in ("RESEND_API_KEY", "EMAILQUEUE_DEV"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("QUEUE_REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.chdir(tmp_path)  # and no .env file
+    for _ in range(3):
+        run_burst(queue)
+        scheduled = queue.connection.zrange("rq:scheduled:emails", 0, -1)
+        assert scheduled == [job_id.encode()], "the job waits for the fix, it is not failed"
+        queue.connection.zrem("rq:scheduled:emails", job_id)  # its retry comes due
+        queue.connection.hset(f"rq:job:{job_id}", "status", "queued")
+        queue.connection.rpush("rq:queue:emails", job_id)
+    assert int(queue.connection.hget(f"rq:job:{job_id}", "retries_left") or 0) == before
+    record = read_record(queue.connection.hget(f"rq:job:{job_id}", "meta"))
+    assert record.get("error", {}) == {
+        "name": "misconfigured",
+        "message": record.get("error", {}).get("message", ""),
+        "status_code": None,
+    }
+    assert "RESEND_API_KEY" in record.get("error", {}).get("message", "")
+    assert (record.get("attempts"), record.get("requeued"), record.get("past_attempts")) == (0, 2, 4)
+    assert record.get("next_retry_in_s") == 60
+    assert fake_resend.requests == []
+
+
+# --- a recorded acceptance is honoured everywhere ---
+
+
+def test_requeue_never_sends_a_failed_job_resend_accepted(
+    store: JobStore, settings: Settings, fake_resend: FakeResend
+) -> None:
+    """Fact (docs/PLATFORM.md, Resend: idempotency keys last 24 hours): a requeue after that
+    would send an accepted email again, so it deletes the job instead."""
+    job_id = _claim_and_die(store, settings)
+    assert store.accept(job_id, worker_name="w", sent=1)
+    store.fail(job_id, name="internal_error", message="RQ failed after the send", member=f"{job_id}:dead-1")
+    report = requeue_failed(store.conn, settings)
+    assert (report.requeued, report.already_delivered) == ([], [job_id])
+    assert not store.conn.exists(f"rq:job:{job_id}")
+    drain(connection=store.conn, settings=settings)
+    assert fake_resend.requests == []
+
+
+def test_recovery_finishes_a_job_resend_accepted(
+    store: JobStore, settings: Settings, fake_resend: FakeResend
+) -> None:
+    job_id = _claim_and_die(store, settings, retries_left=0)
+    store.accept(job_id, worker_name="w", sent=1)
+    recovered = store.recover(now=time.time() + LATER, limit=10, lease=30)
+    assert (recovered.done, recovered.requeued, recovered.exhausted) == ([job_id], [], [])
+    assert not store.conn.exists(f"rq:job:{job_id}")
+    assert store.conn.zcard("rq:failed:emails") == 0
+
+
+def test_deliver_and_the_drain_do_not_send_an_accepted_job_again(
+    queue: Queue, settings: Settings, fake_resend: FakeResend
+) -> None:
+    conn = queue.connection
+    store = JobStore(conn, "emails", settings)
+    for runner in ("vm", "drain"):
+        job_id = send_email(to="a@example.com", subject="s", text="t", queue=queue, settings=settings)
+        assert store.accept(job_id, worker_name="", sent=1)
+        if runner == "vm":
+            run_burst(queue)
+        else:
+            report = drain(connection=conn, settings=settings)
+            assert (report.processed, report.sent) == (1, 0)
+        assert not conn.exists(f"rq:job:{job_id}"), runner
+    assert fake_resend.requests == []
+    assert conn.zcard("rq:failed:emails") == 0
+
+
+def test_accept_forgets_dead_executions_of_the_job_only(store: JobStore, settings: Settings) -> None:
+    """Fact (docs/PLATFORM.md, RQ: executions): RQ's success handling fetches every execution
+    the job's registry lists; one whose hash is gone, or another worker's, must not be listed."""
+    job_id = _claim_and_die(store, settings)
+    conn = store.conn
+    conn.zadd(f"rq:executions:{job_id}", {"dead": time.time() + 60, "other": time.time() + 60, "mine": 1e12})
+    conn.hset(f"rq:execution:{job_id}:other", mapping={"worker_name": "worker-a"})
+    conn.hset(f"rq:execution:{job_id}:mine", mapping={"worker_name": "worker-b"})
+    assert store.accept(job_id, worker_name="worker-b", sent=1)
+    assert conn.zrange(f"rq:executions:{job_id}", 0, -1) == [b"mine"]
+    accepted = json.loads(conn.hget(f"rq:job:{job_id}", "emailqueue_accepted") or b"{}")
+    assert set(accepted) == {"at", "sent"} and accepted["sent"] == 1 and accepted["at"].endswith("Z")
+    assert not store.accept("em_gone", worker_name="", sent=1)
+    assert not conn.exists("rq:job:em_gone")
+
+
+def test_the_worker_runtime_reuses_its_clients_and_closes_them(settings: Settings) -> None:
+    from emailqueue._jobs import WorkerRuntime
+
+    runtime = WorkerRuntime()
+    runtime.configure(settings)
+    first = runtime.client_for(settings)
+    assert runtime.client_for(settings) is first  # one pool per configuration, reused
+    assert runtime.get()[1] is first
+    http = first._http  # type: ignore[attr-defined]
+    assert not http.is_closed
+    runtime.configure()  # forget: the clients it built are closed
+    assert http.is_closed
+    assert runtime.client_for(settings) is not first
+    runtime.close()
+
+
+def test_a_drain_reports_an_accepted_abandoned_job_as_recovered_not_sent(
+    store: JobStore, settings: Settings, fake_resend: FakeResend
+) -> None:
+    job_id = _claim_and_die(store, settings, retries_left=1)
+    store.accept(job_id, worker_name="w", sent=1)
+    report = drain(connection=store.conn, settings=settings, wall_clock=lambda: time.time() + LATER)
+    assert (report.recovered, report.processed, report.sent, report.failed) == (1, 0, 0, 0)
+    assert fake_resend.requests == []
+
+
+def test_requeue_with_one_attempt_gives_no_retries(store: JobStore, settings: Settings) -> None:
+    one = settings.model_copy(update={"email_max_attempts": 1})
+    job_id = _claim_and_die(store, one)
+    store.fail(job_id, name="x", message="y", member=f"{job_id}:dead-1")
+    assert requeue_failed(store.conn, one).requeued == [job_id]
+    assert store.conn.hget(f"rq:job:{job_id}", "retries_left") == b"0"
+
+
+def test_requeue_counts_add_up_over_requeues_and_start_from_nothing(
+    store: JobStore, settings: Settings
+) -> None:
+    """The requeue record: ``requeued`` counts every requeue, ``past_attempts`` every attempt
+    before the last one; a job failed without our record (by RQ itself) starts from zero."""
+    conn = store.conn
+    job_id = _claim_and_die(store, settings)
+    conn.hset(f"rq:job:{job_id}", "meta", "{}")  # failed by RQ itself: no record of ours
+    store.fail(job_id, name="x", message="y", member=f"{job_id}:dead-1")
+    conn.hset(f"rq:job:{job_id}", "meta", "{}")
+    assert requeue_failed(conn, settings).requeued == [job_id]
+    record = read_record(conn.hget(f"rq:job:{job_id}", "meta"))
+    assert record == {"attempts": 0, "requeued": 1, "past_attempts": 0}  # and no error
+    for attempts, expected in ((2, (2, 2)), (3, (3, 5))):
+        meta = {"emailqueue": {**record, "attempts": attempts}}
+        conn.hset(f"rq:job:{job_id}", "meta", json.dumps(meta))
+        conn.hset(f"rq:job:{job_id}", "status", "failed")
+        conn.zadd("rq:failed:emails", {job_id: time.time() + 60})
+        assert requeue_failed(conn, settings, [job_id]).requeued == [job_id]
+        record = read_record(conn.hget(f"rq:job:{job_id}", "meta"))
+        assert (record.get("requeued"), record.get("past_attempts")) == expected
+
+
+class _Broken:
+    """A Sender with a bug: it raises something that is not a SendError."""
+
+    def send(self, email: dict[str, object], *, idempotency_key: str) -> str:
+        raise RuntimeError("x" * 400)
+
+    def send_batch(self, emails: list[dict[str, object]], *, idempotency_key: str) -> object:
+        raise RuntimeError("x" * 400)
+
+
+def test_an_unexpected_error_in_a_send_is_retried_as_an_internal_error(
+    conn: redis.Redis, settings: Settings
+) -> None:
+    ids = [
+        send_email(to=f"p{i}@example.com", subject="s", text="t", connection=conn, settings=settings)
+        for i in range(2)
+    ]
+    report = drain(connection=conn, settings=settings, client=_Broken())  # type: ignore[arg-type]
+    assert (report.retrying, report.failed, report.sent) == (2, 0, 0)
+    for job_id in ids:
+        error = read_record(conn.hget(f"rq:job:{job_id}", "meta")).get("error", {})
+        assert (error.get("name"), error.get("status_code")) == ("internal_error", None)
+        assert error.get("message", "").startswith("RuntimeError('xxx")
+        assert len(error.get("message", "")) == 300  # cut short
