@@ -32,6 +32,7 @@ def send_email(
     connection: redis.Redis | None = None,
     queue: Queue | None = None,
     settings: Settings | None = None,
+    now: bool = False,
     **fields: Any,
 ) -> str:
     """Validate one email and queue it for delivery. Returns the RQ job id.
@@ -45,13 +46,17 @@ def send_email(
         connection: the Redis connection to use; default: one from ``QUEUE_REDIS_URL``.
         queue: the RQ queue to use (overrides ``connection``).
         settings: settings to use instead of reading the environment.
+        now: also send it right away, from this process, for email a person is waiting for (a
+            sign-in link). The job is written first, then claimed and sent here with a short
+            timeout; if that cannot happen (no free send slot, a Resend error, a crash), the
+            queue delivers it as usual. Needs ``RESEND_API_KEY`` here. See docs/SEND_NOW.md.
 
     Returns:
         The job id. Delivery uses an Idempotency-Key derived from it on every attempt.
 
     Raises:
         InvalidEmailError: the message is invalid; every problem is listed and nothing is queued.
-        ConfigurationError: no Redis URL, or an invalid setting.
+        ConfigurationError: no Redis URL, or an invalid setting (with ``now``: no Resend key).
         QueueError: Redis could not be reached after bounded retries.
     """
     if message is not None and fields:
@@ -72,6 +77,10 @@ def send_email(
         dedup = ["key", idempotency_key]
     q = resolve_queue(settings, connection, queue)
     job = prepare_single(email, queue=q, settings=settings, dedup=dedup)
+    if now:
+        from . import _now  # imported on first use: an app that only queues never pays for it
+
+        return _now.send_now(q, job, settings)
     write_jobs(q.connection, q, [job], settings.email_dedup_ttl_s)  # a taken key: already queued
     return job.job_id
 
@@ -86,6 +95,7 @@ def send_event_email(
     connection: redis.Redis | None = None,
     queue: Queue | None = None,
     settings: Settings | None = None,
+    now: bool = False,
     **fields: Any,
 ) -> list[str]:
     """Queue one personal email per recipient of an event (no recipient sees another).
@@ -98,6 +108,8 @@ def send_event_email(
         recipients: addresses; duplicates (case-insensitive) are sent once.
         subject, html, text: the content, the same for every recipient.
         connection, queue, settings: as for :func:`send_email`.
+        now: also send right away from this process, as for :func:`send_email`; for small
+            fan-outs only: at most 100 recipients (one batch request).
         **fields: other :class:`EmailMessage` fields (``from_``, ``reply_to``, ``tags``, ...).
 
     Returns:
@@ -119,6 +131,16 @@ def send_event_email(
     if not isinstance(recipients, list | tuple) or not recipients:
         problems.append(FieldProblem("recipients", "must be a non-empty list of addresses"))
         recipients = []
+    elif now and len(recipients) > MAX_NOW_RECIPIENTS:
+        raise InvalidEmailError(
+            [
+                FieldProblem(
+                    "recipients",
+                    f"has {len(recipients)} addresses; now=True takes at most {MAX_NOW_RECIPIENTS} "
+                    "(one batch request). Drop now=True for larger fan-outs: the queue sends them",
+                )
+            ]
+        )
     elif len(recipients) > MAX_EVENT_RECIPIENTS:
         raise InvalidEmailError(
             [
@@ -153,6 +175,10 @@ def send_event_email(
     if problems:
         raise InvalidEmailError(problems)
     assert template is not None
+    if now:
+        from . import _now
+
+        _now.now_client(settings)  # without a Resend key, fail before anything is written
     q = resolve_queue(settings, connection, queue)
     batchable = not template.attachments and template.send_at is None and settings.email_batch
     pending = {
@@ -177,6 +203,10 @@ def send_event_email(
             done = {key for job in group for key in job.guards}
             pending = {n: m for n, m in pending.items() if _guard(q, event_id, n) not in done}
         if not taken:
+            if now:
+                from . import _now
+
+                return _now.send_queued_now(q, queued, settings)
             return queued
         # Some recipients are already queued or sent for this event: leave them out, go again.
         pending = {n: m for n, m in pending.items() if _guard(q, event_id, n) not in taken}
@@ -205,6 +235,9 @@ def _write_groups(jobs: list[PreparedJob]) -> list[list[PreparedJob]]:
         size += job_size
     return groups
 
+
+#: The most recipients of ``send_event_email(now=True)``: one ``POST /emails/batch`` request.
+MAX_NOW_RECIPIENTS = 100
 
 #: The most recipients one send_event_email call takes (its writes must stay small for Redis).
 MAX_EVENT_RECIPIENTS = 10_000
