@@ -162,7 +162,7 @@ def test_a_permanent_rejection_fails_the_job_with_its_reason(
 def test_a_timeout_after_resend_accepted_is_retried_with_the_same_key_and_sent_once(
     conn: redis.Redis, settings: Settings, fake_resend: FakeResend
 ) -> None:
-    """Fact (docs/PLATFORM.md, Resend idempotency): the same key and body within 24 h is answered
+    """Fact (docs/SEND_NOW.md, Resend idempotency): the same key and body within 24 h is answered
     from Resend's cache, so the retry after a lost reply sends nothing again."""
     quick = settings.model_copy(update={"email_now_timeout_s": 0.2})
     fake_resend.timeout_after_accept(1, 1.0)
