@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlparse
@@ -36,7 +37,8 @@ from urllib.parse import urlparse
 import pytest
 import redis
 
-from emailqueue import Settings
+from emailqueue import NowOutcome, Settings, deliver_now, send_email
+from emailqueue._connection import connect
 from emailqueue._now_scripts import CLAIM_QUEUED, WRITE_AND_CLAIM
 from emailqueue._ratelimit import RateLimiter, limiter_key
 from emailqueue.testing import FakeResend
@@ -190,3 +192,68 @@ def test_the_immediate_path_killed_at_every_step_delivers_exactly_once(
     assert (counts.lost, counts.duplicated, counts.duplicated_keys, counts.unexpected) == (0, 0, 0, 0), counts
     assert (counts.stuck, counts.failed, counts.accepted) == (0, 0, 1), counts
     assert registry_sizes(real_conn) == {k: 0 for k in left}
+
+
+@pytest.mark.parametrize("step", ["claim", "ack"])
+def test_a_redis_blip_after_the_write_never_reaches_the_caller(
+    step: str,
+    real_conn: redis.Redis,
+    proxy: RedisProxy,
+    fake_resend: FakeResend,
+    rsettings: Settings,
+    new_ledger: Callable[[str], Ledger],
+) -> None:
+    """Redis goes away at the claim (``deliver_now``) or at the ack (``send_email(now=True)``):
+    the request is lost and the retry finds no server in time. The caller gets an outcome, not
+    an exception, and the job is delivered once: by the queue, or by the caller and then
+    recovered and replayed from Resend's idempotency cache."""
+    ledger = new_ledger("now/redis-blip")
+    address = f"blip-{step}@example.com"
+    ledger.expect([address])
+    for script in (WRITE_AND_CLAIM, CLAIM_QUEUED):
+        real_conn.script_load(script)
+    conn = connect(proxy.url, socket_timeout=0.3, connect_timeout=0.3, backoff_cap=0.05)
+    job_id = ""
+    if step == "claim":
+        job_id = send_email(to=address, subject="Hi", text="x", connection=conn, settings=rsettings)
+    trap = proxy.arm(b"EVALSHA" if step == "claim" else b"ZREM\r\n")
+    results: list[object] = []
+
+    def call() -> None:
+        try:
+            if step == "claim":
+                results.append(deliver_now(job_id, connection=conn, settings=rsettings))
+            else:
+                results.append(
+                    send_email(
+                        to=address, subject="Hi", text="x", connection=conn, settings=rsettings, now=True
+                    )
+                )
+        except BaseException as exc:  # the assertion below names it
+            results.append(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    assert trap.request_seen.wait(30)
+    proxy.hold_new_connections()  # redis-py's retry reaches no server
+    trap.drop_request()
+    caller.join(30)
+    left = registry_sizes(real_conn)
+    proxy.close()  # the held connections die with the blip; nothing they carried runs later
+    assert len(results) == 1 and not isinstance(results[0], BaseException), results
+    if step == "claim":
+        assert isinstance(results[0], NowOutcome) and results[0].status == "left_to_recovery"
+        assert fake_resend.accepted == [] and (left["queued"], left["started"]) == (1, 0), left
+    else:
+        assert isinstance(results[0], str) and len(fake_resend.accepted) == 1
+        assert (left["queued"], left["started"]) == (0, 1), left  # sent, never acked
+    age_redis(real_conn)
+    recover(real_conn, rsettings)
+    counts = ledger.finish(step=step, left=left)
+    assert (counts.lost, counts.duplicated, counts.stuck, counts.failed, counts.accepted) == (
+        0,
+        0,
+        0,
+        0,
+        1,
+    ), counts
