@@ -313,3 +313,34 @@ def test_an_immediate_email_costs_at_most_6_commands_in_2_round_trips(
     assert trips.round_trips == 2
     assert counted.total <= 6, counted.by_command
     assert state(real_conn)["started"] == 0
+
+
+@pytest.mark.real_redis
+def test_immediate_sends_and_a_drain_share_one_rate_limit_without_a_429(
+    real_conn: redis.Redis, settings: Settings, fake_resend: FakeResend
+) -> None:
+    """Fact (docs/SEND_NOW.md, rate limit): Resend's limit is per team; a drain and immediate
+    sends running at once take turns through the one shared limiter, so Resend (here the fake,
+    enforcing 2 requests/s) never answers 429."""
+    import threading
+
+    fake_resend.rate_limit = 2.0
+    paced = settings.model_copy(update={"resend_rate_limit": 2.0, "email_now_max_wait_s": 5.0})
+    for i in range(2):
+        send_email(to=f"q{i}@example.com", subject="Hi", text="x", connection=real_conn, settings=paced)
+    reports: list[Any] = []
+    drainer = threading.Thread(target=lambda: reports.append(drain(connection=real_conn, settings=paced)))
+    drainer.start()
+    ids = [
+        send_email(
+            to=f"n{i}@example.com", subject="Hi", text="x", connection=real_conn, settings=paced, now=True
+        )
+        for i in range(2)
+    ]
+    drainer.join(30)
+    report = drain(connection=real_conn, settings=paced)  # whatever an immediate send left queued
+    assert [r.status for r in fake_resend.requests if r.status == 429] == []
+    assert len(fake_resend.accepted) == 4 and len(ids) == 2
+    assert (
+        reports[0].sent + report.sent + sum(1 for e in fake_resend.accepted if e.to[0].startswith("n")) >= 4
+    )
