@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from ._drain import DrainReport, drain
     from ._jobs import configure_worker
     from ._message import Attachment, EmailMessage, Tag
-    from ._now import NowOutcome, deliver_now
+    from ._now import deliver_now
+    from ._now_attempt import NowOutcome
     from ._resend import ResendClient, build_http_client
     from ._settings import Settings, load_settings
     from ._status import Health, QueueStatus, RequeueReport, health, queue_status, requeue_failed
@@ -41,7 +42,7 @@ _LAZY = {
     "adeliver_now": "_async",
     "asend_email": "_async",
     "asend_event_email": "_async",
-    "NowOutcome": "_now",
+    "NowOutcome": "_now_attempt",
     "deliver_now": "_now",
     "DrainReport": "_drain",
     "drain": "_drain",

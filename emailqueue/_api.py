@@ -176,9 +176,9 @@ def send_event_email(
         raise InvalidEmailError(problems)
     assert template is not None
     if now:
-        from . import _now
+        from ._now_attempt import now_client
 
-        _now.now_client(settings)  # without a Resend key, fail before anything is written
+        now_client(settings)  # without a Resend key, fail before anything is written
     q = resolve_queue(settings, connection, queue)
     batchable = not template.attachments and template.send_at is None and settings.email_batch
     pending = {

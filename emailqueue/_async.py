@@ -23,7 +23,8 @@ import asyncio
 from typing import Any
 
 from ._api import send_email, send_event_email
-from ._now import NowOutcome, deliver_now
+from ._now import deliver_now
+from ._now_attempt import NowOutcome
 
 
 async def asend_email(*args: Any, **kwargs: Any) -> str:
