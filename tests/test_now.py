@@ -347,3 +347,37 @@ def test_immediate_sends_and_a_drain_share_one_rate_limit_without_a_429(
         "q1@example.com",
     ]
     assert len(ids) == 2 and reports[0].processed + report.processed == 2  # the two queued ones
+
+
+def test_a_drain_leaves_a_live_immediate_claim_alone_until_its_deadline(
+    conn: redis.Redis, settings: Settings, fake_resend: FakeResend
+) -> None:
+    """The claim counts as abandoned only once it is older than the attempt can last (the kill
+    tests show an abandoned one taken back):
+    EMAIL_NOW_MAX_WAIT_S + connect + read timeout + the drain's 30 s grace."""
+    import threading
+
+    lasts = (
+        settings.email_now_max_wait_s + settings.resend_connect_timeout_s + settings.email_now_timeout_s + 30
+    )
+    with fake_resend.hold() as gate:
+        caller = threading.Thread(
+            target=send_email,
+            kwargs={
+                "to": "ada@example.com",
+                "subject": "Hi",
+                "text": "x",
+                "connection": conn,
+                "settings": settings,
+                "now": True,
+            },
+        )
+        caller.start()
+        assert gate.arrived.wait(10)
+        started = time.time()
+        early = drain(connection=conn, settings=settings, wall_clock=lambda: started + lasts - 1)
+        assert (early.recovered, early.processed) == (0, 0)
+        score = conn.zrange("rq:wip:emails", 0, -1, withscores=True)[0][1]
+        assert started < score <= started + lasts
+    caller.join(10)
+    assert len(fake_resend.accepted) == 1 and job_keys(conn) == []
