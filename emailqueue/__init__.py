@@ -24,9 +24,12 @@ from ._version import __version__
 
 if TYPE_CHECKING:
     from ._api import send_email, send_event_email
+    from ._async import adeliver_now, asend_email, asend_event_email
     from ._drain import DrainReport, drain
     from ._jobs import configure_worker
     from ._message import Attachment, EmailMessage, Tag
+    from ._now import deliver_now
+    from ._now_attempt import NowOutcome
     from ._resend import ResendClient, build_http_client
     from ._settings import Settings, load_settings
     from ._status import Health, QueueStatus, RequeueReport, health, queue_status, requeue_failed
@@ -36,6 +39,11 @@ if TYPE_CHECKING:
 _LAZY = {
     "send_email": "_api",
     "send_event_email": "_api",
+    "adeliver_now": "_async",
+    "asend_email": "_async",
+    "asend_event_email": "_async",
+    "NowOutcome": "_now_attempt",
+    "deliver_now": "_now",
     "DrainReport": "_drain",
     "drain": "_drain",
     "configure_worker": "_jobs",
@@ -79,6 +87,7 @@ __all__ = [
     "FieldProblem",
     "Health",
     "InvalidEmailError",
+    "NowOutcome",
     "PermanentSendError",
     "QueueError",
     "QueueStatus",
@@ -90,8 +99,12 @@ __all__ = [
     "Settings",
     "Tag",
     "__version__",
+    "adeliver_now",
+    "asend_email",
+    "asend_event_email",
     "build_http_client",
     "configure_worker",
+    "deliver_now",
     "drain",
     "health",
     "load_settings",

@@ -32,6 +32,7 @@ def send_email(
     connection: redis.Redis | None = None,
     queue: Queue | None = None,
     settings: Settings | None = None,
+    now: bool = False,
     **fields: Any,
 ) -> str:
     """Validate one email and queue it for delivery. Returns the RQ job id.
@@ -45,13 +46,17 @@ def send_email(
         connection: the Redis connection to use; default: one from ``QUEUE_REDIS_URL``.
         queue: the RQ queue to use (overrides ``connection``).
         settings: settings to use instead of reading the environment.
+        now: also send it right away, from this process, for email a person is waiting for (a
+            sign-in link). The job is written first, then claimed and sent here with a short
+            timeout; if that cannot happen (no free send slot, a Resend error, a crash), the
+            queue delivers it as usual. Needs ``RESEND_API_KEY`` here. See docs/SEND_NOW.md.
 
     Returns:
         The job id. Delivery uses an Idempotency-Key derived from it on every attempt.
 
     Raises:
         InvalidEmailError: the message is invalid; every problem is listed and nothing is queued.
-        ConfigurationError: no Redis URL, or an invalid setting.
+        ConfigurationError: no Redis URL, or an invalid setting (with ``now``: no Resend key).
         QueueError: Redis could not be reached after bounded retries.
     """
     if message is not None and fields:
@@ -72,6 +77,10 @@ def send_email(
         dedup = ["key", idempotency_key]
     q = resolve_queue(settings, connection, queue)
     job = prepare_single(email, queue=q, settings=settings, dedup=dedup)
+    if now:
+        from . import _now  # imported on first use: an app that only queues never pays for it
+
+        return _now.send_now(q, job, settings)
     write_jobs(q.connection, q, [job], settings.email_dedup_ttl_s)  # a taken key: already queued
     return job.job_id
 
@@ -86,6 +95,7 @@ def send_event_email(
     connection: redis.Redis | None = None,
     queue: Queue | None = None,
     settings: Settings | None = None,
+    now: bool = False,
     **fields: Any,
 ) -> list[str]:
     """Queue one personal email per recipient of an event (no recipient sees another).
@@ -98,6 +108,8 @@ def send_event_email(
         recipients: addresses; duplicates (case-insensitive) are sent once.
         subject, html, text: the content, the same for every recipient.
         connection, queue, settings: as for :func:`send_email`.
+        now: also send right away from this process, as for :func:`send_email`; for small
+            fan-outs only: at most 100 recipients (one batch request).
         **fields: other :class:`EmailMessage` fields (``from_``, ``reply_to``, ``tags``, ...).
 
     Returns:
@@ -111,13 +123,23 @@ def send_event_email(
         ConfigurationError, QueueError: as for :func:`send_email`.
     """
     settings = settings or load_settings()
-    unique, template = _event_message(event_id, recipients, subject, html, text, fields, settings)
+    limit = MAX_NOW_RECIPIENTS if now else MAX_EVENT_RECIPIENTS
+    unique, template = _event_message(event_id, recipients, subject, html, text, fields, settings, limit)
+    if now:
+        from ._now_attempt import now_client
+
+        now_client(settings)  # without a Resend key, fail before anything is written
     q = resolve_queue(settings, connection, queue)
     batchable = not template.attachments and template.send_at is None and settings.email_batch
     pending = {
         normalized: template.model_copy(update={"to": [address]}) for normalized, address in unique.items()
     }
-    return _write_event(pending, batchable, q, settings, event_id)
+    queued = _write_event(pending, batchable, q, settings, event_id)
+    if now:
+        from . import _now
+
+        return _now.send_queued_now(q, queued, settings)
+    return queued
 
 
 def _event_message(
@@ -128,6 +150,7 @@ def _event_message(
     text: str | None,
     fields: dict[str, Any],
     settings: Settings,
+    limit: int,
 ) -> tuple[dict[str, str], EmailMessage]:
     """The unique recipients (normalized -> as given) and the message every one of them gets.
 
@@ -139,7 +162,7 @@ def _event_message(
         problems.append(
             FieldProblem("event_id", "must be a non-empty UTF-8 string of at most 200 characters")
         )
-    unique = _unique_recipients(recipients, problems)
+    unique = _unique_recipients(recipients, problems, limit)
     template: EmailMessage | None = None
     if unique or not problems:
         content = {"subject": subject, "html": html, "text": text, **fields}
@@ -155,25 +178,24 @@ def _event_message(
     return unique, template
 
 
-def _unique_recipients(recipients: Any, problems: list[FieldProblem]) -> dict[str, str]:
+def _unique_recipients(recipients: Any, problems: list[FieldProblem], limit: int) -> dict[str, str]:
     """normalized address -> the address as given, first one wins; bad ones go to ``problems``.
 
     Raises:
-        InvalidEmailError: more than :data:`MAX_EVENT_RECIPIENTS` (nothing else is checked).
+        InvalidEmailError: more than ``limit`` (nothing else is checked).
     """
     if not isinstance(recipients, list | tuple) or not recipients:
         problems.append(FieldProblem("recipients", "must be a non-empty list of addresses"))
         return {}
-    if len(recipients) > MAX_EVENT_RECIPIENTS:
-        raise InvalidEmailError(
-            [
-                FieldProblem(
-                    "recipients",
-                    f"has {len(recipients)} addresses; one call takes at most {MAX_EVENT_RECIPIENTS}. "
-                    "Split the list: calls for the same event are deduplicated per recipient",
-                )
-            ]
+    if len(recipients) > limit:
+        fix = (
+            f"now=True takes at most {limit} (one batch request). Drop now=True for larger "
+            "fan-outs: the queue sends them"
+            if limit == MAX_NOW_RECIPIENTS
+            else f"one call takes at most {limit}. Split the list: calls for the same event are "
+            "deduplicated per recipient"
         )
+        raise InvalidEmailError([FieldProblem("recipients", f"has {len(recipients)} addresses; {fix}")])
     unique: dict[str, str] = {}
     for i, address in enumerate(recipients):
         try:
@@ -248,6 +270,9 @@ def _write_groups(jobs: list[PreparedJob]) -> list[list[PreparedJob]]:
         size += job_size
     return groups
 
+
+#: ``send_event_email(now=True)`` sends from the caller: one batch request at most.
+MAX_NOW_RECIPIENTS = 100
 
 #: The most recipients one send_event_email call takes (its writes must stay small for Redis).
 MAX_EVENT_RECIPIENTS = 10_000

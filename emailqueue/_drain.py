@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import redis
 
+from ._budget import fit_to_budget
 from ._connection import connect_from, redis_errors
 from ._exceptions import RetryableSendError, SendError
 from ._jobs import RUNTIME
@@ -96,10 +97,14 @@ def drain(
         on_progress: called with the report after each job (the CLI draws a progress bar).
 
     Raises:
-        ConfigurationError: no Redis URL or no Resend key; nothing was taken off the queue.
+        ConfigurationError: no Redis URL or no Resend key, or a budget too short for one send
+            (the Resend timeouts are scaled down to fit half the budget when they do not);
+            nothing was taken off the queue.
         QueueError: Redis failed; a job taken before that is recovered by a later run.
     """
     settings = settings or load_settings()
+    budget = settings.time_budget_s if time_budget is None else time_budget
+    settings = fit_to_budget(settings, budget)  # a send must fit the budget, or we refuse here
     if client is None:
         client = RUNTIME.client_for(settings)  # fails here, before any job is claimed, if the key is missing
     conn = connection if connection is not None else connect_from(settings)
@@ -108,7 +113,7 @@ def drain(
         settings=settings,
         client=client,
         limit=settings.drain_max_jobs if max_jobs is None else max_jobs,
-        budget=settings.time_budget_s if time_budget is None else time_budget,
+        budget=budget,
         clock=clock,
         wall_clock=wall_clock,
         sleep=sleep,

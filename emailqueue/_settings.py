@@ -124,6 +124,19 @@ class Settings(BaseSettings):
         default=2.0, ge=0, description="Sends per second across all workers (Resend's team limit); 0: off."
     )
 
+    # --- immediate sends (send_email(now=True), deliver_now) ---
+    email_now_timeout_s: Seconds = Field(
+        default=5.0,
+        le=60,
+        description="Read timeout of an immediate send (connect: at most RESEND_CONNECT_TIMEOUT_S).",
+    )
+    email_now_max_wait_s: float = Field(
+        default=1.0,
+        ge=0,
+        le=10,
+        description="Longest wait of an immediate send for a RESEND_RATE_LIMIT slot; else queued.",
+    )
+
     # --- serverless drain and the HTTP API ---
     cron_secret: SecretStr | None = Field(default=None, description="Bearer token Vercel Cron sends.")
     queue_admin_token: SecretStr | None = Field(default=None, description="Bearer token of /api/admin/*.")

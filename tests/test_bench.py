@@ -16,7 +16,9 @@ import pytest
 from bench._cli import QUICK, rows
 
 ROOT = Path(__file__).resolve().parents[1]
-KEYS = ["1a", "1b", "2a", "2b", "3a", "3b", "4a", "4b", "5", "6a", "6b", "7a", "7b", "8a", "8b", "8c", "9"]
+KEYS = ["1a", "1b", "2a", "2b", "3a", "3b", "4a", "4b", "5", "6a", "6b", "7a", "7b", "8a", "8b", "8c"]
+KEYS += ["9a", "9b", "9c", "9d"]
+KEYS += ["10"]
 NUMBER = r"-?\d+(?:\.\d+)?"
 
 #: Medians that meet every target, for judging the verdicts without running anything.
@@ -51,6 +53,15 @@ GOOD = {
     "first_run_ms": 1100.0,
     "raw_idle_cpu_pct": 0.3,
     "dev_idle_cpu_pct": 0.7,
+    "now_cmds": 6,
+    "now_trips": 2,
+    "raw_now_cmds": 60,
+    "raw_now_trips": 30,
+    "now_p50_ms": 60.0,
+    "now_p95_ms": 70.0,
+    "cron_mean_ms": 30_000.0,
+    "cron_p95_ms": 57_000.0,
+    "fake_latency_ms": 50.0,
 }
 
 
@@ -86,10 +97,14 @@ def test_quick_run_reports_every_target_with_numbers(tmp_path: Path) -> None:
     for key, (_, metric, baseline, value, ratio, target, result) in found.items():
         assert metric and target, key
         assert re.fullmatch(NUMBER, value), (key, value)
-        assert baseline == "—" or re.fullmatch(rf"{NUMBER}( \(computed\))?", baseline), (key, baseline)
+        assert baseline == "—" or re.fullmatch(rf"{NUMBER}( \((cron, )?computed\))?", baseline), (
+            key,
+            baseline,
+        )
         assert ratio == "—" or re.fullmatch(rf"{NUMBER}x", ratio), (key, ratio)
         assert result in (("—",) if target == "informational" else ("PASS", "FAIL")), (key, result)
     assert found["6a"][2].endswith("(computed)")
+    assert found["9d"][2].endswith("(cron, computed)")
     # The same table is printed, and the report says what it ran on.
     assert table_rows(done.stdout) == found
     for heading in ("## Machine", "## Versions", "## How each figure is measured"):
@@ -125,7 +140,10 @@ def test_every_target_passes_on_figures_that_meet_it() -> None:
         ("global_rate_pct", 89.9, "7b"),
         ("app_ms", 1040.0, "8a"),  # 1.16x the stack's 900 ms
         ("app_cpu_ms", 930.0, "8b"),
-        ("dev_idle_cpu_pct", 2.1, "9"),  # issue 12: at most 2% of one core
+        ("now_cmds", 7, "9a"),
+        ("now_trips", 3, "9b"),
+        ("now_p95_ms", 75.1, "9d"),  # over the fake's 50 ms + 25 ms
+        ("dev_idle_cpu_pct", 2.1, "10"),  # issue 12: at most 2% of one core
     ],
 )
 def test_a_figure_that_misses_its_target_fails_that_row_only(figure: str, value: float, key: str) -> None:

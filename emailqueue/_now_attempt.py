@@ -1,0 +1,194 @@
+"""One claimed job, sent by its caller: the send, the ack, or the failure settled the way every
+worker settles it (see ``_now`` for the whole immediate path)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import uuid
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import redis
+from rq import Queue
+
+from ._constants import JOB_FUNC_PATH
+from ._drain import ABANDON_GRACE_S
+from ._exceptions import EmailQueueError, PermanentSendError, RetryableSendError, SendError
+from ._keys import QueueKeys
+from ._outbox import OutboxClient
+from ._payload import Payload, parse_payload
+from ._ratelimit import MARGIN, RateLimiter, limiter_key
+from ._resend import ResendClient, build_http_client
+from ._scripts import Claimed
+from ._send import Sender, send
+from ._settings import Settings
+from ._store import JobStore
+
+log = logging.getLogger("emailqueue.now")
+
+#: The ``worker_name`` an immediate claim writes on the job (what ``rq info`` shows).
+WORKER_NAME = "emailqueue-now"
+
+Status = Literal["sent", "queued", "retrying", "failed", "not_queued", "left_to_recovery"]
+
+
+@dataclass(frozen=True)
+class NowOutcome:
+    """What an immediate attempt did with one job.
+
+    ``status``:
+
+    - ``sent``: Resend accepted the email (``.sent`` is True);
+    - ``queued``: no send slot of ``RESEND_RATE_LIMIT`` was free in time; the job waits in the
+      queue for a drain or worker;
+    - ``retrying``: Resend answered with a transient error; the job retries with backoff;
+    - ``failed``: Resend rejected the email for good; the job is in the failed list;
+    - ``not_queued``: (:func:`deliver_now`) the job was not waiting in the queue: a drain or
+      worker took it first, it was already sent or failed, or the id is unknown;
+    - ``left_to_recovery``: something else failed after the claim (Redis unreachable, say); the
+      claim stays, and a later drain requeues the job with the same Idempotency-Key.
+
+    ``detail`` says why, when it was not sent.
+    """
+
+    job_id: str
+    status: Status
+    detail: str = ""
+
+    @property
+    def sent(self) -> bool:
+        return self.status == "sent"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """This caller's claim on a job: its started-registry member and when it counts as abandoned."""
+
+    job_id: str
+    member: str
+    args: list[Any]  # the scripts' common ARGV: now .. job id
+
+    @property
+    def row(self) -> Claimed:
+        """The claim as the job store takes it (the same started-registry member a drain writes)."""
+        return Claimed(self.job_id, self.member, b"", b"")
+
+    @classmethod
+    def new(cls, job_id: str, keys: QueueKeys, settings: Settings, now: float) -> Claim:
+        member = f"{job_id}:now-{uuid.uuid4().hex[:12]}"
+        # The claim outlives the longest this attempt can take, plus the drain's grace; a
+        # claim older than that belongs to a caller that died, and RECOVER takes it back.
+        lasts = settings.email_now_max_wait_s + now_timeouts(settings)[0] + settings.email_now_timeout_s
+        interval = MARGIN / settings.resend_rate_limit if settings.resend_rate_limit else 0
+        stamp = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        args = [
+            now,
+            interval,
+            settings.email_now_max_wait_s,
+            now + lasts + ABANDON_GRACE_S,
+            member,
+            stamp,
+            WORKER_NAME,
+            keys.job_prefix + job_id,
+            job_id,
+        ]
+        return cls(job_id, member, args)
+
+
+def attempt(
+    queue: Queue,
+    keys: QueueKeys,
+    claim: Claim,
+    payload: Payload,
+    settings: Settings,
+    client: Sender,
+    wait: float,
+    sleep: Callable[[float], None],
+) -> NowOutcome:
+    """Send a claimed job and settle it. Never raises (but for KeyboardInterrupt and the like)."""
+    try:
+        if wait > 0:
+            sleep(wait)
+        outcome = send(payload, client)
+    except SendError as exc:
+        if exc.status_code == 429 and exc.name == "rate_limit_exceeded":
+            limiter = RateLimiter(queue.connection, limiter_key(queue.name), settings.resend_rate_limit)
+            with contextlib.suppress(EmailQueueError):
+                limiter.pause(exc.retry_after or 1.0)  # every sender waits, not just this one
+        return settle_failure(queue, keys, claim, exc, settings)
+    except Exception as exc:
+        log.error("immediate send of job %s failed unexpectedly: %r", claim.job_id, exc)
+        return settle_failure(
+            queue, keys, claim, RetryableSendError(repr(exc)[:300], name="internal_error"), settings
+        )
+    try:
+        store = JobStore(queue.connection, queue.name, settings)
+        if outcome.rejected:
+            store.record_rejected(payload, outcome.rejected)
+        store.ack([claim.row])  # drop the claim and delete the job (result_ttl=0), one round trip
+    except redis.RedisError as exc:
+        # Sent, but not acked: a later drain requeues it and Resend answers the same key from
+        # its idempotency cache, sending nothing again.
+        log.warning("job %s sent but not acked (%r); a later drain settles it", claim.job_id, exc)
+    return NowOutcome(claim.job_id, "sent")
+
+
+def settle_failure(
+    queue: Queue, keys: QueueKeys, claim: Claim, error: SendError, settings: Settings
+) -> NowOutcome:
+    """Retry or fail the claimed job through the job store, exactly as the drain does. If Redis
+    fails here, the claim stays and a later drain recovers the job."""
+    try:
+        retried = JobStore(queue.connection, queue.name, settings).retry_or_fail(claim.row, error)
+        status: Status = "retrying" if retried else "failed"
+    except Exception as exc:
+        log.warning(
+            "job %s: could not record the failed immediate send (%r); left to a later drain",
+            claim.job_id,
+            exc,
+        )
+        return NowOutcome(claim.job_id, "left_to_recovery", f"{error.name}: {error.message}"[:300])
+    return NowOutcome(claim.job_id, status, f"{error.name}: {error.message}"[:300])
+
+
+def payload_of(data: bytes) -> Payload:
+    """The payload of a job hash's ``data`` field (zlib-compressed JSON of an RQ call)."""
+    try:
+        func, _instance, args, kwargs = json.loads(zlib.decompress(data))
+    except Exception:
+        raise PermanentSendError("job data is not a JSON-serialized RQ call", name="bad_payload") from None
+    if func != JOB_FUNC_PATH or args or not isinstance(kwargs, dict) or "payload" not in kwargs:
+        raise PermanentSendError(f"not an emailqueue job ({str(func)[:80]})", name="bad_payload")
+    return parse_payload(kwargs["payload"])
+
+
+def now_timeouts(settings: Settings) -> tuple[float, float]:
+    """(connect, read) timeouts of an immediate send."""
+    return min(settings.resend_connect_timeout_s, settings.email_now_timeout_s), settings.email_now_timeout_s
+
+
+def now_client(settings: Settings) -> Sender:
+    """The Resend client of immediate sends (short timeouts); the local outbox in dev mode
+    without a key.
+
+    Raises:
+        ConfigurationError: no RESEND_API_KEY (outside dev mode).
+    """
+    if settings.resend_api_key is None and settings.dev_mode:
+        return OutboxClient(settings.emailqueue_outbox_dir)
+    connect, read = now_timeouts(settings)
+    return _cached_client(settings.require_api_key(), settings.resend_api_url, connect, read)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_client(api_key: str, base_url: str, connect: float, read: float) -> ResendClient:
+    # One per configuration for the life of the process: warm invocations reuse its connections.
+    return ResendClient(
+        build_http_client(connect_timeout=connect, read_timeout=read), api_key=api_key, base_url=base_url
+    )
