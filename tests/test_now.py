@@ -321,10 +321,15 @@ def test_immediate_sends_and_a_drain_share_one_rate_limit_without_a_429(
 ) -> None:
     """Fact (docs/SEND_NOW.md, rate limit): Resend's limit is per team; a drain and immediate
     sends running at once take turns through the one shared limiter, so Resend (here the fake,
-    enforcing 2 requests/s) never answers 429."""
+    enforcing the limit) never answers 429.
+
+    Real threads on a shared machine send a little after their slot, so the fake allows 3
+    requests in any second while the limiter paces at 2/s: a jitter of up to one slot passes, but
+    a limiter that is not shared (2 drain sends and 2 immediate ones at once: 4 in one second)
+    still draws a 429."""
     import threading
 
-    fake_resend.rate_limit = 2.0
+    fake_resend.rate_limit = 3.0
     paced = settings.model_copy(update={"resend_rate_limit": 2.0, "email_now_max_wait_s": 5.0})
     for i in range(2):
         send_email(to=f"q{i}@example.com", subject="Hi", text="x", connection=real_conn, settings=paced)
