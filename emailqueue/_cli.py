@@ -120,15 +120,9 @@ def _cmd_drain(args: argparse.Namespace, out: IO[str]) -> int:
 
 def _dev_outbox(settings: Any) -> Any:
     """Next to ``emailqueue dev`` and without a key, the outbox dev's own cron route writes to."""
-    from ._outbox import OutboxClient
-    from ._settings import dev_state_for
+    from ._outbox import dev_outbox
 
-    if settings.resend_api_key is not None:
-        return None
-    state = dev_state_for(settings)
-    if state is not None:
-        return OutboxClient(state.outbox_dir)
-    return OutboxClient(settings.emailqueue_outbox_dir) if settings.dev_mode else None
+    return dev_outbox(settings)
 
 
 def _connection_and_settings(action: str, *, check: bool = True) -> tuple[Any, Any]:

@@ -21,7 +21,7 @@ from ._constants import JOB_FUNC_PATH
 from ._drain import ABANDON_GRACE_S
 from ._exceptions import EmailQueueError, PermanentSendError, RetryableSendError, SendError
 from ._keys import QueueKeys
-from ._outbox import OutboxClient
+from ._outbox import dev_outbox
 from ._payload import Payload, parse_payload
 from ._ratelimit import MARGIN, RateLimiter, limiter_key
 from ._resend import ResendClient, build_http_client
@@ -174,14 +174,15 @@ def now_timeouts(settings: Settings) -> tuple[float, float]:
 
 
 def now_client(settings: Settings) -> Sender:
-    """The Resend client of immediate sends (short timeouts); the local outbox in dev mode
-    without a key.
+    """The Resend client of immediate sends (short timeouts); without a key, the local outbox in
+    dev mode or next to a running ``emailqueue dev``.
 
     Raises:
         ConfigurationError: no RESEND_API_KEY (outside dev mode).
     """
-    if settings.resend_api_key is None and settings.dev_mode:
-        return OutboxClient(settings.emailqueue_outbox_dir)
+    outbox = dev_outbox(settings)  # dev mode, or next to a running `emailqueue dev`, without a key
+    if outbox is not None:
+        return outbox
     connect, read = now_timeouts(settings)
     return _cached_client(settings.require_api_key(), settings.resend_api_url, connect, read)
 

@@ -15,9 +15,12 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._resend import BatchResult
+
+if TYPE_CHECKING:
+    from ._settings import Settings
 
 DEFAULT_OUTBOX = Path(".emailqueue") / "outbox"
 
@@ -140,3 +143,20 @@ def list_outbox(directory: str | Path = DEFAULT_OUTBOX) -> list[OutboxEntry]:
 def find_entry(entry_id: str, directory: str | Path = DEFAULT_OUTBOX) -> OutboxEntry | None:
     """The outbox email with this id, or None."""
     return next((e for e in list_outbox(directory) if e.id == entry_id), None)
+
+
+def dev_outbox(settings: Settings) -> OutboxClient | None:
+    """Where mail goes when there is no Resend key in development, or None.
+
+    In dev mode (``EMAILQUEUE_DEV``), its outbox; in any process next to a running
+    ``emailqueue dev`` of this project (same Redis), dev's own outbox, as its cron route and worker
+    write. Never with a key, and never in Vercel production.
+    """
+    from ._settings import dev_state_for
+
+    if settings.resend_api_key is not None:
+        return None
+    state = dev_state_for(settings)
+    if state is not None:
+        return OutboxClient(state.outbox_dir)
+    return OutboxClient(settings.emailqueue_outbox_dir) if settings.dev_mode else None
