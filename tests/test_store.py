@@ -6,6 +6,7 @@ Every test runs on both tiers (fakeredis and the suite's real server).
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -387,3 +388,33 @@ def test_an_unexpected_error_in_a_send_is_retried_as_an_internal_error(
         assert (error.get("name"), error.get("status_code")) == ("internal_error", None)
         assert error.get("message", "").startswith("RuntimeError('xxx")
         assert len(error.get("message", "")) == 300  # cut short
+
+
+def test_a_drain_reports_how_long_it_ran_on_its_own_clock(conn: redis.Redis, settings: Settings) -> None:
+    ticks = iter([10.0, 10.25, 10.5])
+    report = drain(connection=conn, settings=settings, clock=lambda: next(ticks))
+    assert (report.stopped, report.duration_ms) == ("empty", 250)
+
+
+def test_a_drain_puts_back_a_job_a_dead_vm_worker_left_in_the_intermediate_list(
+    conn: redis.Redis, settings: Settings, fake_resend: FakeResend
+) -> None:
+    job_id = send_email(to="a@example.com", subject="s", text="t", connection=conn, settings=settings)
+    conn.lmove("rq:queue:emails", "rq:queue:emails:intermediate")  # RQ's dequeue, then the kill
+    now = time.time()
+    first = drain(connection=conn, settings=settings, wall_clock=lambda: now)  # first sighting
+    assert (first.recovered, first.sent) == (0, 0)
+    later = drain(connection=conn, settings=settings, wall_clock=lambda: now + 121)
+    assert (later.recovered, later.sent) == (1, 1)
+    assert [e.idempotency_key for e in fake_resend.accepted] == [f"emailqueue-{job_id}"]
+
+
+def test_a_drain_without_redis_says_so(settings: Settings) -> None:
+    from emailqueue import QueueError
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dead = redis.Redis(port=port, socket_connect_timeout=1)
+    with pytest.raises(QueueError, match=r"^drain: cannot reach Redis"):
+        drain(connection=dead, settings=settings)
