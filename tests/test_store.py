@@ -418,3 +418,34 @@ def test_a_drain_without_redis_says_so(settings: Settings) -> None:
     dead = redis.Redis(port=port, socket_connect_timeout=1)
     with pytest.raises(QueueError, match=r"^drain: cannot reach Redis"):
         drain(connection=dead, settings=settings)
+
+
+@pytest.mark.parametrize(
+    ("error", "left_after"),
+    [
+        ("local", 4),  # no send slot in time: not a failed send, the attempt is given back
+        ("quota", 4),  # Resend's daily quota: not the email's fault, the attempt is given back
+        ("retryable", 3),  # a 500 spends the attempt RQ takes as it schedules the retry
+        ("permanent", 0),  # a 422 fails the job now
+    ],
+)
+def test_the_retry_policy_spends_attempts_only_on_failed_sends(
+    error: str, left_after: int, settings: Settings
+) -> None:
+    import random
+
+    from emailqueue import PermanentSendError, QuotaExceededError, RetryableSendError
+    from emailqueue._retry import LOCAL_RATE_LIMIT, _delay
+
+    exc = {
+        "local": RetryableSendError("no slot", name=LOCAL_RATE_LIMIT, retry_after=1.0),
+        "quota": QuotaExceededError("quota", name="daily_quota_exceeded", status_code=429),
+        "retryable": RetryableSendError("boom", name="internal_server_error", status_code=500),
+        "permanent": PermanentSendError("bad", name="validation_error", status_code=422),
+    }[error]
+    delay, retries_left = _delay(exc, 1, 3, settings, random.Random(7))
+    # retries_left as the policy leaves it; RQ then takes one off as it schedules the retry.
+    assert retries_left == left_after
+    assert (delay is None) == (error == "permanent")
+    again, _ = _delay(exc, 1, 3, settings, random.Random(7))
+    assert again == delay  # the jitter comes from the rng it is given
