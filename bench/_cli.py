@@ -17,7 +17,7 @@ import redis
 from emailqueue._embedded import EmbeddedRedis
 from emailqueue.testing import FakeResend
 
-from . import _coldstart, _costs, _devidle, _global_limit, _now, _report, _speed
+from . import _coldstart, _costs, _devidle, _global_limit, _now, _report, _speed, _webhooks
 from ._env import Env, Sample
 from ._report import Row
 
@@ -65,6 +65,7 @@ def run(sizes: Sizes) -> tuple[dict[str, list[float]], Env, dict[str, str]]:
         ("send now cost", _now.now_cost),
         ("send now latency", lambda env: _now.now_latency(env, sizes.now_n)),
         ("dev idle", lambda env: _devidle.idle_sample(sizes.idle_window_s, pip=sizes.idle_venv_pip)),
+        ("webhook cost", _webhooks.webhook_cost),
     ]
     spread: dict[str, list[float]] = {}
     with EmbeddedRedis() as server, FakeResend() as fake:
@@ -155,7 +156,11 @@ def rows(m: dict[str, float], sizes: Sizes) -> list[Row]:
             "",
         ),
         at_most(
-            "9a", "Send now: Redis commands per email (enqueue + claim + ack)", "raw_now_cmds", "now_cmds", 6
+            "9a",
+            "Send now: Redis commands per email (enqueue + claim + ack, + 3 for the sent record)",
+            "raw_now_cmds",
+            "now_cmds",
+            9,
         ),
         at_most("9b", "Send now: round trips per email", "raw_now_trips", "now_trips", 2),
         Row(
@@ -183,6 +188,17 @@ def rows(m: dict[str, float], sizes: Sizes) -> list[Row]:
             "raw_idle_cpu_pct",
             "dev_idle_cpu_pct",
             2,
+        ),
+        at_most(
+            "11a",
+            "Webhook: Redis commands per event (worst of sent/delivered/bounced/complained)",
+            None,
+            "webhook_cmds",
+            5,
+        ),
+        at_most("11b", "Webhook: round trips per event", None, "webhook_trips", 1),
+        at_most(
+            "11c", "Webhook: Redis commands of a retried event (svix-id seen)", None, "webhook_retry_cmds", 2
         ),
     ]
 

@@ -48,7 +48,15 @@ def _parser() -> argparse.ArgumentParser:
     drain.add_argument("--time-budget", type=float, default=None, help="seconds")
     drain.add_argument("--json", action="store_true")
 
-    status = sub.add_parser("status", help="queue counts, workers and recent failures")
+    status = sub.add_parser(
+        "status", help="queue counts, workers and recent failures; or one email's lifecycle"
+    )
+    status.add_argument(
+        "query",
+        nargs="?",
+        default=None,
+        help="a job id, a Resend email id or an address: its emails' lifecycle",
+    )
     status.add_argument("--json", action="store_true")
     status.add_argument("--limit", type=int, default=10, help="failed jobs to show")
 
@@ -148,6 +156,8 @@ def _cmd_status(args: argparse.Namespace, out: IO[str]) -> int:
     from ._status import queue_status
 
     conn, settings = _connection_and_settings("queue status")
+    if args.query is not None:
+        return _write_lifecycles(conn, args.query, args.json, out, ttl=settings.email_events_ttl_s)
     status = queue_status(conn, settings, failed_limit=args.limit).to_dict()
     if args.json:
         _print_json(status, out)
@@ -161,6 +171,29 @@ def _cmd_status(args: argparse.Namespace, out: IO[str]) -> int:
     )
     out.write(f"workers: {len(status.get('workers', []))}\n")
     _write_failed(status.get("recent_failed", []), out)
+    return 0
+
+
+def _write_lifecycles(conn: Any, query: str, as_json: bool, out: IO[str], *, ttl: int) -> int:
+    from ._events import lookup
+    from ._redact import mask_email
+
+    lives = [life.to_dict() for life in lookup(conn, query, ttl=ttl)]
+    if as_json:
+        _print_json({"emails": lives}, out)
+    shown = mask_email(query) if "@" in query else query
+    if not lives:
+        if not as_json:
+            out.write(f"no email known for {shown} (never sent, or its record expired)\n")
+        return 1
+    if as_json:
+        return 0
+    for life in lives:
+        job, to = life["job_id"] or "?", life["to"] or "?"
+        out.write(f"email {life['resend_id']} (job {job}) to {to}: {life['state']}\n")
+        for step in life["timeline"]:
+            detail = f" ({step['detail']})" if step["detail"] else ""
+            out.write(f"  {step['at']}  {step['state']}{detail}\n")
     return 0
 
 

@@ -6,6 +6,7 @@
     ├── ConfigurationError          a setting is missing or invalid
     ├── InvalidEmailError           a message failed validation at enqueue; nothing was queued
     ├── QueueError                  Redis could not be reached or refused a command
+    ├── WebhookError                a webhook's signature or body is wrong; nothing was recorded
     └── SendError                   Resend did not accept an email
         ├── RetryableSendError      transient: retried with backoff and the same idempotency key
         │   └── QuotaExceededError  daily/monthly quota: the email waits, attempts are not spent
@@ -60,6 +61,19 @@ class InvalidEmailError(EmailQueueError, ValueError):
 
 class QueueError(EmailQueueError):
     """Redis could not be reached, timed out, or refused a command. Nothing was half-written."""
+
+
+class WebhookError(EmailQueueError):
+    """A webhook was refused: a missing or wrong signature, a stale timestamp, or a body that is
+    not a Resend event. Nothing was recorded.
+
+    Attributes:
+        status_code: 401 for a signature problem, 400 for a signed body that is not an event.
+    """
+
+    def __init__(self, message: str, *, status_code: int = 401) -> None:
+        super().__init__(message)
+        self.status_code = status_code
 
 
 class SendError(EmailQueueError):

@@ -307,3 +307,23 @@ def test_drain_next_to_dev_writes_to_its_outbox(
     assert json.loads(done.stdout)["sent"] == 1
     (entry,) = outbox.glob("*.json")
     assert json.loads(entry.read_text())["email"]["from"] == "emailqueue dev <onboarding@resend.dev>"
+
+
+def test_status_of_one_email_by_address_job_id_and_resend_id(
+    env: dict[str, str], fake_resend: FakeResend, real_conn: redis.Redis
+) -> None:
+    """`emailqueue status <query>`: the lifecycle the drain's ack recorded, masked."""
+    _, out = run("send", "--to", "ada@example.com", "--subject", "Hi", "--text", "x")
+    job_id = out.split()[-1]
+    run("drain")
+    (accepted,) = fake_resend.accepted
+    for query in ("ada@example.com", job_id, accepted.id):
+        code, out = run("status", query)
+        assert code == 0
+        assert out.splitlines()[0] == f"email {accepted.id} (job {job_id}) to a***@example.com: sent"
+        assert "ada@example.com" not in out
+    code, out = run("status", job_id, "--json")
+    (email,) = json.loads(out)["emails"]
+    assert [s["state"] for s in email["timeline"]] == ["sent"]
+    code, out = run("status", "nobody@example.com")
+    assert code == 1 and out == "no email known for n***@example.com (never sent, or its record expired)\n"

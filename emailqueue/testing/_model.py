@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -108,6 +108,30 @@ class ResendModel:
         """Idempotency key -> how many requests were accepted under it (a batch counts once)."""
         with self._lock:
             return dict(self._accepts_by_key)
+
+    def emit_webhooks(
+        self,
+        url: str,
+        secret: str,
+        *,
+        bounce: Iterable[str] = (),
+        complain: Iterable[str] = (),
+        client: httpx.Client | None = None,
+    ) -> list[httpx.Response]:
+        """POST correctly signed (Svix) webhooks to ``url`` for every email accepted so far:
+        ``email.sent`` then ``email.delivered``, or a permanent ``email.bounced`` for an address in
+        ``bounce``, and ``email.complained`` after delivery for one in ``complain``.
+
+        Args:
+            secret: the webhook's signing secret, ``whsec_<base64>``.
+            client: the ``httpx.Client`` to post with (e.g. a FastAPI ``TestClient``).
+
+        Returns:
+            The responses, in order.
+        """
+        from ._webhooks import emit_webhooks
+
+        return emit_webhooks(url, secret, self.accepted, bounce=bounce, complain=complain, client=client)
 
     def reset(self) -> None:
         """Forget the record, idempotency cache, rate window and faults; release held requests."""

@@ -52,3 +52,18 @@ def post_requeue(
     from emailqueue import requeue_failed
 
     return requeue_failed(connection, settings, None if body.all_ else body.ids).to_dict()
+
+
+@router.get("/emails")
+def get_email_lifecycle(
+    _auth: AdminAuthorized,
+    settings: SettingsDep,
+    connection: ConnectionDep,
+    q: Annotated[
+        str, Query(min_length=1, max_length=320, description="a job id, a Resend email id or an address")
+    ],
+) -> dict[str, Any]:
+    """The lifecycle of the matching emails (masked recipients): ``{"emails": [...]}``."""
+    from emailqueue._events import lookup
+
+    return {"emails": [life.to_dict() for life in lookup(connection, q, ttl=settings.email_events_ttl_s)]}
