@@ -70,6 +70,14 @@ def _parser() -> argparse.ArgumentParser:
     requeue.add_argument("--all", action="store_true")
     requeue.add_argument("--json", action="store_true")
 
+    suppressions = sub.add_parser("suppressions", help="the suppression list mirrored from Resend")
+    supp_sub = suppressions.add_subparsers(dest="suppressions_command", required=True)
+    supp_list = supp_sub.add_parser("list", help="the mirrored list (masked addresses)")
+    supp_list.add_argument("--json", action="store_true")
+    supp_sub.add_parser("sync", help="replace the mirror with Resend's list (GET /suppressions)")
+    supp_remove = supp_sub.add_parser("remove", help="remove an address from Resend's list, then the mirror")
+    supp_remove.add_argument("address")
+
     send = sub.add_parser("send", help="queue a test email")
     send.add_argument("--to", action="append", required=True)
     send.add_argument("--subject", required=True)
@@ -206,6 +214,29 @@ def _write_failed(failed: list[dict[str, Any]], out: IO[str]) -> None:
         )
 
 
+def _cmd_suppressions(args: argparse.Namespace, out: IO[str]) -> int:
+    from ._redact import mask_email
+    from ._suppress import list_suppressions, remove_suppression, sync_suppressions
+
+    conn, settings = _connection_and_settings("suppressions")
+    if args.suppressions_command == "sync":
+        out.write(f"synced from Resend: {sync_suppressions(conn, settings)} suppressed address(es)\n")
+        return 0
+    if args.suppressions_command == "remove":
+        had = remove_suppression(conn, settings, args.address)
+        where = "Resend and the local mirror" if had else "Resend (the mirror did not hold it)"
+        out.write(f"removed {mask_email(args.address)} from {where}\n")
+        return 0
+    rows = [s.to_dict() for s in list_suppressions(conn)]
+    if args.json:
+        _print_json(rows, out)
+        return 0
+    out.write(f"{len(rows)} suppressed address(es)\n")
+    for row in rows:
+        out.write(f"  {row['address']}  {row['origin']}  since {row['created_at']}\n")
+    return 0
+
+
 def _cmd_failed(args: argparse.Namespace, out: IO[str]) -> int:
     from ._status import queue_status, requeue_failed
 
@@ -277,6 +308,7 @@ COMMANDS = {
     "drain": _cmd_drain,
     "status": _cmd_status,
     "failed": _cmd_failed,
+    "suppressions": _cmd_suppressions,
     "send": _cmd_send,
 }
 

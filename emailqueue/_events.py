@@ -7,12 +7,13 @@
 - **After**: each webhook's state goes on ``emailqueue:email:<resend id>`` (a field per state:
   ``delivered``, ``delivery_delayed``, ``bounced``, ``complained``, ``failed``, ``suppressed``,
   ``sent``; value ``<time>|<svix id>[|<detail>]``, the detail being a bounce's type), and the
-  hour's counters ``emailqueue:hourly:<YYYYmmddHH>`` (kept 48 hours) feed the dashboard's chart.
+  hour's counters ``emailqueue:hourly`` (fields ``<YYYYmmddHH>:<state>``, pruned past 48 hours when read)
+  feed the dashboard's chart.
 
 Everything expires after ``EMAIL_EVENTS_TTL_S`` (30 days by default). No full address is stored
 (an address is found by a digest), so nothing here can leak one.
 
-A webhook event costs one EVALSHA and four commands inside it (:data:`RECORD_EVENT`). Each state
+A webhook event costs one EVALSHA and three or four commands inside it (:data:`RECORD_EVENT`). Each state
 is recorded once: Resend retries an undelivered webhook with the same ``svix-id`` for about a
 day, and a retry finds its state already recorded (HSETNX) and changes nothing.
 """
@@ -27,7 +28,7 @@ from typing import Any, Final
 
 import redis
 
-from ._constants import KEY_PREFIX
+from ._constants import KEY_PREFIX, SUPPRESSED_KEY
 from ._payload import Payload
 from ._redact import mask_email, split_address
 
@@ -54,13 +55,15 @@ _ORDER: Final = (
 )
 HOURLY_TTL_S: Final = 48 * 3600
 
-#: KEYS: the email's hash, the hour's counters. ARGV: state, value, ttl, hourly ttl.
+#: KEYS: the email's hash, the hourly counters, the suppression mirror. ARGV: state, value, ttl,
+#: the counter's field (``<YYYYmmddHH>:<state>``), then an address digest and its mirror entry
+#: (a permanent bounce or a complaint suppresses the address) or ``''``.
 #: Returns 0 when the state was already recorded (a retried webhook): nothing changes.
 RECORD_EVENT: Final = """
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
-redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('HINCRBY', KEYS[2], ARGV[4], 1)
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[3], ARGV[5], ARGV[6]) end
 return 1
 """
 
@@ -79,8 +82,13 @@ def digest(address: str) -> str:
     return hashlib.sha256(addr.lower().encode()).hexdigest()[:32]
 
 
-def hourly_key(t: float) -> str:
-    return f"{KEY_PREFIX}hourly:{datetime.fromtimestamp(t, UTC):%Y%m%d%H}"
+#: The webhook states counted by hour: one hash, fields ``<YYYYmmddHH>:<state>``. It has no TTL
+#: (a TTL would cost a command per event): :func:`hourly_counts` drops hours past 48.
+HOURLY_KEY: Final = KEY_PREFIX + "hourly"
+
+
+def hour_of(t: float) -> str:
+    return f"{datetime.fromtimestamp(t, UTC):%Y%m%d%H}"
 
 
 def _stamp(t: float) -> str:
@@ -162,13 +170,23 @@ def record_sent(pipe: Any, sent: list[SentEmail], *, ttl: int, now: float) -> No
 
 
 def record_event(
-    conn: redis.Redis, *, resend_id: str, state: str, value: str, ttl: int, now: float | None = None
+    conn: redis.Redis,
+    *,
+    resend_id: str,
+    state: str,
+    value: str,
+    ttl: int,
+    now: float | None = None,
+    suppress: tuple[str, str] | None = None,
 ) -> bool:
-    """Record one webhook's state on its email: one round trip, five commands. False when that
+    """Record one webhook's state on its email, and with ``suppress`` (digest, entry) put an
+    address on the suppression mirror: one round trip, at most five commands. False when that
     state was already recorded (a retried webhook), in which case nothing changed."""
     t = time.time() if now is None else now
     script = conn.register_script(RECORD_EVENT)
-    return bool(script(keys=[email_key(resend_id), hourly_key(t)], args=[state, value, ttl, HOURLY_TTL_S]))
+    digest_, entry = suppress or ("", "")
+    keys = [email_key(resend_id), HOURLY_KEY, SUPPRESSED_KEY]
+    return bool(script(keys=keys, args=[state, value, ttl, f"{hour_of(t)}:{state}", digest_, entry]))
 
 
 def _parse(resend_id: str, sent: str | None, fields: dict[str, str]) -> Lifecycle:
@@ -231,14 +249,30 @@ def lookup(conn: redis.Redis, query: str, *, ttl: int, now: float | None = None)
 def hourly_counts(
     conn: redis.Redis, *, hours: int = 24, now: float | None = None
 ) -> list[tuple[str, dict[str, int]]]:
-    """(hour ``YYYY-mm-dd HH:00``, {state: count}) for the last ``hours`` hours, oldest first."""
+    """(hour ``YYYY-mm-dd HH:00``, {state: count}) for the last ``hours`` hours, oldest first:
+    ``sent`` from the sent index, the other states from the webhooks' counters. Counters older
+    than :data:`HOURLY_TTL_S` are deleted on the way."""
     t = time.time() if now is None else now
     starts = [t - 3600 * i for i in range(hours - 1, -1, -1)]
     with conn.pipeline(transaction=False) as pipe:
+        pipe.hgetall(HOURLY_KEY)
         for s in starts:
-            pipe.hgetall(hourly_key(s))
-        replies = pipe.execute()
-    return [
-        (f"{datetime.fromtimestamp(s, UTC):%Y-%m-%d %H}:00", {_text(k): int(v) for k, v in raw.items()})
-        for s, raw in zip(starts, replies, strict=True)
-    ]
+            pipe.hget(sent_key(s), "n")
+        counters, *sent = pipe.execute()
+    oldest = hour_of(t - HOURLY_TTL_S)
+    by_hour: dict[str, dict[str, int]] = {}
+    stale = []
+    for k, v in counters.items():
+        hour, _, state = _text(k).partition(":")
+        if hour < oldest:
+            stale.append(k)
+        else:
+            by_hour.setdefault(hour, {})[state] = int(v)
+    if stale:
+        conn.hdel(HOURLY_KEY, *stale)
+    out = []
+    for s, n in zip(starts, sent, strict=True):
+        counts = {k: v for k, v in by_hour.get(hour_of(s), {}).items() if k != "sent"}
+        counts["sent"] = int(n or 0)
+        out.append((f"{datetime.fromtimestamp(s, UTC):%Y-%m-%d %H}:00", counts))
+    return out

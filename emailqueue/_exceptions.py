@@ -5,6 +5,7 @@
     EmailQueueError
     ├── ConfigurationError          a setting is missing or invalid
     ├── InvalidEmailError           a message failed validation at enqueue; nothing was queued
+    │   └── SuppressedAddressError  a recipient is on the suppression list
     ├── QueueError                  Redis could not be reached or refused a command
     ├── WebhookError                a webhook's signature or body is wrong; nothing was recorded
     └── SendError                   Resend did not accept an email
@@ -57,6 +58,28 @@ class InvalidEmailError(EmailQueueError, ValueError):
     def fields(self) -> list[str]:
         """The names of the fields that have a problem, in order."""
         return [p.field for p in self.problems]
+
+
+class SuppressedAddressError(InvalidEmailError):
+    """A recipient is on the suppression list (Resend's, mirrored locally): nothing was queued.
+
+    Attributes:
+        origins: masked address -> where its suppression came from (bounce, complaint, manual).
+    """
+
+    def __init__(self, origins: dict[str, str]) -> None:
+        self.origins = dict(origins)
+        super().__init__(
+            [
+                FieldProblem(
+                    "to",
+                    f"{address} is on the suppression list (origin: {origin}); Resend would not "
+                    "deliver it. Remove it (`emailqueue suppressions remove`) or pass "
+                    "allow_suppressed=True",
+                )
+                for address, origin in sorted(self.origins.items())
+            ]
+        )
 
 
 class QueueError(EmailQueueError):

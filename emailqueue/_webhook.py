@@ -19,9 +19,10 @@ from typing import Any
 
 import redis
 
-from ._events import EVENT_STATES, record_event
+from ._events import EVENT_STATES, digest, record_event
 from ._exceptions import ConfigurationError, WebhookError
 from ._settings import Settings
+from ._suppress import add_suppression, entry, remove_local
 
 _HEADERS = ("id", "timestamp", "signature")
 
@@ -126,10 +127,13 @@ def handle_webhook(
     state = EVENT_STATES.get(kind)
     raw = event.get("data")
     data: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    at = _at(event, lowered["svix-timestamp"])
+    if kind in SUPPRESSION_EVENTS:
+        return _suppression_event(conn, kind, data, at)
     email_id = data.get("email_id")
     if state is None or not isinstance(email_id, str) or not email_id:
         return WebhookResult(type=kind, state=None)
-    parts = [_at(event, lowered["svix-timestamp"]), lowered["svix-id"]]
+    parts = [at, lowered["svix-id"]]
     detail = _detail(state, data)
     if detail:
         parts.append(detail)
@@ -140,5 +144,42 @@ def handle_webhook(
         value="|".join(parts),
         ttl=settings.email_events_ttl_s,
         now=time.time(),
+        suppress=_suppresses(state, detail, data, at),
     )
     return WebhookResult(type=kind, state=state, duplicate=not recorded)
+
+
+#: Resend's events about its suppression list itself (not about one email).
+SUPPRESSION_EVENTS = ("suppression.added", "suppression.removed")
+
+
+def _recipient(data: dict[str, Any]) -> str | None:
+    to = data.get("to") if "to" in data else data.get("email")
+    first = to[0] if isinstance(to, list) and to else to
+    return first if isinstance(first, str) and "@" in first else None
+
+
+def _suppresses(state: str, detail: str, data: dict[str, Any], at: str) -> tuple[str, str] | None:
+    """A permanent bounce or a complaint puts the recipient on Resend's list: mirror it."""
+    if state == "bounced" and detail.lower().startswith("permanent"):
+        origin = "bounce"
+    elif state == "complained":
+        origin = "complaint"
+    else:
+        return None
+    address = _recipient(data)
+    return (digest(address), entry(address, origin, at)) if address else None
+
+
+def _suppression_event(conn: redis.Redis, kind: str, data: dict[str, Any], at: str) -> WebhookResult:
+    """``suppression.added``: mirror the entry; ``suppression.removed``: drop it. One command;
+    a repeat writes the same thing again."""
+    address = _recipient(data)
+    if address is None:
+        return WebhookResult(type=kind, state=None)
+    if kind == "suppression.added":
+        origin = str(data.get("origin") or "manual")
+        add_suppression(conn, address, origin, str(data.get("created_at") or at), str(data.get("id") or ""))
+        return WebhookResult(type=kind, state="suppressed")
+    remove_local(conn, address)
+    return WebhookResult(type=kind, state="unsuppressed")

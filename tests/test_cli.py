@@ -327,3 +327,27 @@ def test_status_of_one_email_by_address_job_id_and_resend_id(
     assert [s["state"] for s in email["timeline"]] == ["sent"]
     code, out = run("status", "nobody@example.com")
     assert code == 1 and out == "no email known for n***@example.com (never sent, or its record expired)\n"
+
+
+def test_suppressions_sync_list_and_remove(
+    env: dict[str, str], fake_resend: FakeResend, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_resend.suppressions.add("ada@example.com", "bounce")
+    fake_resend.suppressions.add("bob@example.com", "complaint")
+    assert run("suppressions", "sync") == (0, "synced from Resend: 2 suppressed address(es)\n")
+    code, out = run("suppressions", "list", "--json")
+    assert sorted((s["address"], s["origin"]) for s in json.loads(out)) == [
+        ("a***@example.com", "bounce"),
+        ("b***@example.com", "complaint"),
+    ]
+    code, out = run("suppressions", "list")
+    assert out.startswith("2 suppressed address(es)\n") and "ada@example.com" not in out
+    code, out = run("send", "--to", "ada@example.com", "--subject", "Hi", "--text", "x")
+    assert code == 1 and "origin: bounce" in capsys.readouterr().err  # refused, nothing queued
+    assert run("suppressions", "remove", "ada@example.com") == (
+        0,
+        "removed a***@example.com from Resend and the local mirror\n",
+    )
+    assert "ada@example.com" not in fake_resend.suppressions
+    code, out = run("send", "--to", "ada@example.com", "--subject", "Hi", "--text", "x")
+    assert code == 0 and out.startswith("queued ")

@@ -64,9 +64,12 @@ def webhook_events(
     *,
     bounce: Iterable[str] = (),
     complain: Iterable[str] = (),
+    suppressed: Iterable[str] = (),
     now: float | None = None,
 ) -> list[dict[str, Any]]:
-    """The events Resend would send for ``emails``, in order (one second apart per email)."""
+    """The events Resend would send for ``emails``, in order (one second apart per email). An
+    email to an address in ``suppressed`` gets ``email.suppressed``: Resend never delivers it."""
+    skipped = {a.lower() for a in suppressed}
     bounced = {a.lower() for a in bounce}
     complained = {a.lower() for a in complain}
     t = time.time() if now is None else now
@@ -74,6 +77,10 @@ def webhook_events(
     for email in emails:
         to = {a.lower() for a in email.to}
         events.append(_event("email.sent", email, t))
+        if to & skipped:
+            info = {"type": "OnAccountSuppressionList", "message": "the recipient is on the suppression list"}
+            events.append(_event("email.suppressed", email, t + 1, suppressed=info))
+            continue
         if to & bounced:
             bounce_info = {"type": "Permanent", "subType": "General", "message": "mailbox does not exist"}
             events.append(_event("email.bounced", email, t + 1, bounce=bounce_info))
@@ -91,6 +98,7 @@ def emit_webhooks(
     *,
     bounce: Iterable[str] = (),
     complain: Iterable[str] = (),
+    suppressed: Iterable[str] = (),
     client: httpx.Client | None = None,
 ) -> list[httpx.Response]:
     """POST the signed :func:`webhook_events` of ``emails`` to ``url``; the responses, in order."""
@@ -98,7 +106,7 @@ def emit_webhooks(
     http = client or httpx.Client(timeout=10.0)
     try:
         replies = []
-        for event in webhook_events(emails, bounce=bounce, complain=complain):
+        for event in webhook_events(emails, bounce=bounce, complain=complain, suppressed=suppressed):
             body, headers = signed_webhook(secret, event)
             replies.append(http.post(url, content=body, headers=headers))
         return replies
