@@ -266,3 +266,33 @@ def test_a_webhook_event_costs_at_most_five_redis_commands(
         assert client.post(HOOK, content=body, headers=headers).json()["recorded"] is False
     assert first.total <= 5, first.by_command
     assert retry.total <= 2, retry.by_command
+
+
+def test_a_vm_worker_records_sent_with_resends_id_too(
+    conn: redis.Redis, settings: Settings, fake_resend: FakeResend
+) -> None:
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+
+    from emailqueue import configure_worker
+    from tests.helpers.rq_helpers import run_burst
+
+    queue = Queue(settings.email_queue_name, connection=conn, serializer=JSONSerializer)
+    configure_worker(settings)
+    try:
+        job_id = send_email(to="ada@example.com", subject="hi", text="x", queue=queue, settings=settings)
+        ids = send_event_email(
+            "launch", ["b@example.com", "c@example.com"], "hi", text="x", queue=queue, settings=settings
+        )
+        run_burst(queue)
+    finally:
+        configure_worker()
+    accepted = {e.to[0]: e.id for e in fake_resend.accepted}
+    (single,) = lookup(conn, job_id)
+    assert (single.resend_id, single.state, single.to) == (
+        accepted["ada@example.com"],
+        "sent",
+        "a***@example.com",
+    )
+    assert len(ids) == 1  # one batch chunk; each recipient is found under its own Resend id
+    assert [life.resend_id for life in lookup(conn, "c@example.com")] == [accepted["c@example.com"]]
