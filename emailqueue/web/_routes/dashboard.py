@@ -24,7 +24,10 @@ from emailqueue.web._auth import bearer_authorized
 from emailqueue.web._deps import ConnectionDep, SettingsDep
 from emailqueue.web._route import EmailQueueRoute
 
-router = APIRouter(prefix="/admin/dashboard", tags=["dashboard"], route_class=EmailQueueRoute)
+# Hidden from the OpenAPI schema: HTML pages, not an API (tests/test_dashboard*.py cover them).
+router = APIRouter(
+    prefix="/admin/dashboard", tags=["dashboard"], route_class=EmailQueueRoute, include_in_schema=False
+)
 
 COOKIE = "emailqueue_admin"
 HOURS = 24
