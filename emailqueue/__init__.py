@@ -19,11 +19,13 @@ from ._exceptions import (
     QuotaExceededError,
     RetryableSendError,
     SendError,
+    SuppressedAddressError,
+    WebhookError,
 )
 from ._version import __version__
 
 if TYPE_CHECKING:
-    from ._api import send_email, send_event_email
+    from ._api import QueuedJobs, send_email, send_event_email
     from ._async import adeliver_now, asend_email, asend_event_email
     from ._drain import DrainReport, drain
     from ._jobs import configure_worker
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
 
 # The rest is imported on first use: a cold serverless function pays only for what it touches.
 _LAZY = {
+    "QueuedJobs": "_api",
     "send_email": "_api",
     "send_event_email": "_api",
     "adeliver_now": "_async",
@@ -91,13 +94,16 @@ __all__ = [
     "PermanentSendError",
     "QueueError",
     "QueueStatus",
+    "QueuedJobs",
     "QuotaExceededError",
     "RequeueReport",
     "ResendClient",
     "RetryableSendError",
     "SendError",
     "Settings",
+    "SuppressedAddressError",
     "Tag",
+    "WebhookError",
     "__version__",
     "adeliver_now",
     "asend_email",

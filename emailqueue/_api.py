@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import redis
@@ -17,12 +19,26 @@ from ._enqueue import (
     prepare_batch,
     prepare_single,
     resolve_queue,
+    suppressed_error,
     write_jobs,
 )
+from ._events import digest
 from ._exceptions import FieldProblem, InvalidEmailError, QueueError
 from ._message import EmailMessage, build_message, check_address
 from ._payload import MAX_BATCH
 from ._settings import Settings, load_settings
+from ._suppress import address_digests
+
+log = logging.getLogger("emailqueue")
+
+
+class QueuedJobs(list[str]):
+    """The job ids :func:`send_event_email` queued; ``suppressed``: how many recipients it left
+    out because they are on the suppression list."""
+
+    def __init__(self, ids: list[str], *, suppressed: int = 0) -> None:
+        super().__init__(ids)
+        self.suppressed = suppressed
 
 
 def send_email(
@@ -33,6 +49,7 @@ def send_email(
     queue: Queue | None = None,
     settings: Settings | None = None,
     now: bool = False,
+    allow_suppressed: bool = False,
     **fields: Any,
 ) -> str:
     """Validate one email and queue it for delivery. Returns the RQ job id.
@@ -50,12 +67,16 @@ def send_email(
             sign-in link). The job is written first, then claimed and sent here with a short
             timeout; if that cannot happen (no free send slot, a Resend error, a crash), the
             queue delivers it as usual. Needs ``RESEND_API_KEY`` here. See docs/SEND_NOW.md.
+        allow_suppressed: queue it even if a recipient is on the suppression list (Resend will
+            still skip that recipient unless it was removed from Resend's list meanwhile).
 
     Returns:
         The job id. Delivery uses an Idempotency-Key derived from it on every attempt.
 
     Raises:
         InvalidEmailError: the message is invalid; every problem is listed and nothing is queued.
+        SuppressedAddressError: a recipient (to, cc, bcc) is on the suppression list mirrored
+            from Resend; the error names its origin (bounce, complaint, manual). Nothing is queued.
         ConfigurationError: no Redis URL, or an invalid setting (with ``now``: no Resend key).
         QueueError: Redis could not be reached after bounded retries.
     """
@@ -77,11 +98,16 @@ def send_email(
         dedup = ["key", idempotency_key]
     q = resolve_queue(settings, connection, queue)
     job = prepare_single(email, queue=q, settings=settings, dedup=dedup)
+    if not allow_suppressed:
+        recipients = [*email.to, *(email.cc or []), *(email.bcc or [])]
+        job = replace(job, checks=address_digests(recipients), recipients=tuple(recipients))
     if now:
         from . import _now  # imported on first use: an app that only queues never pays for it
 
         return _now.send_now(q, job, settings)
-    write_jobs(q.connection, q, [job], settings.email_dedup_ttl_s)  # a taken key: already queued
+    written = write_jobs(q.connection, q, [job], settings.email_dedup_ttl_s)  # taken: already queued
+    if written.suppressed:
+        raise suppressed_error(job, written.suppressed)
     return job.job_id
 
 
@@ -96,8 +122,9 @@ def send_event_email(
     queue: Queue | None = None,
     settings: Settings | None = None,
     now: bool = False,
+    allow_suppressed: bool = False,
     **fields: Any,
-) -> list[str]:
+) -> QueuedJobs:
     """Queue one personal email per recipient of an event (no recipient sees another).
 
     Deduplicated per (event, recipient): calling it again for the same event queues nothing for
@@ -110,13 +137,16 @@ def send_event_email(
         connection, queue, settings: as for :func:`send_email`.
         now: also send right away from this process, as for :func:`send_email`; for small
             fan-outs only: at most 100 recipients (one batch request).
+        allow_suppressed: also queue recipients on the suppression list mirrored from Resend
+            (by default they are left out, and counted in the result's ``suppressed``).
         **fields: other :class:`EmailMessage` fields (``from_``, ``reply_to``, ``tags``, ...).
 
     Returns:
         The ids of the jobs queued by this call: one per chunk of up to 100 recipients, sent with
         one ``POST /emails/batch`` each, or one per recipient when the email has attachments or
         ``send_at`` (Resend's batch endpoint takes neither). Recipients already queued or sent
-        for this event are left out.
+        for this event are left out, and so are suppressed recipients: their count is the
+        returned list's ``suppressed`` attribute.
 
     Raises:
         InvalidEmailError: any recipient or field is invalid; nothing is queued for anyone.
@@ -134,12 +164,14 @@ def send_event_email(
     pending = {
         normalized: template.model_copy(update={"to": [address]}) for normalized, address in unique.items()
     }
-    queued = _write_event(pending, batchable, q, settings, event_id)
+    queued, skipped = _write_event(pending, batchable, q, settings, event_id, not allow_suppressed)
+    if skipped:
+        log.warning("send_event_email %r: %d suppressed recipient(s) left out", event_id, skipped)
     if now:
         from . import _now
 
-        return _now.send_queued_now(q, queued, settings)
-    return queued
+        return QueuedJobs(_now.send_queued_now(q, queued, settings), suppressed=skipped)
+    return QueuedJobs(queued, suppressed=skipped)
 
 
 def _event_message(
@@ -206,17 +238,34 @@ def _unique_recipients(recipients: Any, problems: list[FieldProblem], limit: int
 
 
 def _write_event(
-    pending: dict[str, EmailMessage], batchable: bool, q: Queue, settings: Settings, event_id: str
-) -> list[str]:
+    pending: dict[str, EmailMessage],
+    batchable: bool,
+    q: Queue,
+    settings: Settings,
+    event_id: str,
+    check: bool = True,
+) -> tuple[list[str], int]:
     """Write the jobs of ``pending`` recipients; those another call already queued for this event
-    are left out, and the rest written again, for at most :data:`MAX_WRITE_ROUNDS` rounds."""
+    are left out, and the rest written again, for at most :data:`MAX_WRITE_ROUNDS` rounds. With
+    ``check``, suppressed recipients are left out the same way (found by the write itself).
+    Returns (the ids queued, how many recipients were suppressed)."""
     queued: list[str] = []
+    suppressed = 0
     token = uuid.uuid4().hex
     for _ in range(MAX_WRITE_ROUNDS):
         jobs = _plan(pending, batchable, q, settings, event_id)
-        taken, pending = _write_round(jobs, pending, q, settings, event_id, token, queued)
+        if check and jobs:
+            # The write checks every pending recipient: one HMGET in its own round trip.
+            jobs[0] = replace(jobs[0], checks=address_digests(list(pending)))
+        hits: dict[str, str] = {}
+        taken, pending = _write_round(jobs, pending, q, settings, event_id, token, queued, hits)
+        if hits:
+            kept = {n: m for n, m in pending.items() if digest(n) not in hits}
+            suppressed += len(pending) - len(kept)
+            pending = kept
+            continue
         if not taken:
-            return queued
+            return queued, suppressed
         # Some recipients are already queued or sent for this event: leave them out, go again.
         pending = {n: m for n, m in pending.items() if _guard(q, event_id, n) not in taken}
     raise QueueError("send_event_email: the recipients kept changing under concurrent calls; try again")
@@ -230,12 +279,16 @@ def _write_round(
     event_id: str,
     token: str,
     queued: list[str],
+    hits: dict[str, str],
 ) -> tuple[dict[str, str], dict[str, EmailMessage]]:
     """One round: one atomic write if it fits Upstash's request limit, otherwise several, each
     atomic. Appends what it queued to ``queued``; returns (markers taken by another call, the
     recipients still pending)."""
     for group in _write_groups(jobs):
         result = write_jobs(q.connection, q, group, settings.email_dedup_ttl_s, token)
+        if result.suppressed:
+            hits.update(result.suppressed)  # nothing of this group was written
+            return {}, pending
         if result.taken:
             # Markers holding our own token were set by an earlier attempt of this very call
             # (a request redis-py retried after losing the reply): those jobs are queued.

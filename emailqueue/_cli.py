@@ -48,7 +48,15 @@ def _parser() -> argparse.ArgumentParser:
     drain.add_argument("--time-budget", type=float, default=None, help="seconds")
     drain.add_argument("--json", action="store_true")
 
-    status = sub.add_parser("status", help="queue counts, workers and recent failures")
+    status = sub.add_parser(
+        "status", help="queue counts, workers and recent failures; or one email's lifecycle"
+    )
+    status.add_argument(
+        "query",
+        nargs="?",
+        default=None,
+        help="a job id, a Resend email id or an address: its emails' lifecycle",
+    )
     status.add_argument("--json", action="store_true")
     status.add_argument("--limit", type=int, default=10, help="failed jobs to show")
 
@@ -61,6 +69,14 @@ def _parser() -> argparse.ArgumentParser:
     requeue.add_argument("ids", nargs="*")
     requeue.add_argument("--all", action="store_true")
     requeue.add_argument("--json", action="store_true")
+
+    suppressions = sub.add_parser("suppressions", help="the suppression list mirrored from Resend")
+    supp_sub = suppressions.add_subparsers(dest="suppressions_command", required=True)
+    supp_list = supp_sub.add_parser("list", help="the mirrored list (masked addresses)")
+    supp_list.add_argument("--json", action="store_true")
+    supp_sub.add_parser("sync", help="replace the mirror with Resend's list (GET /suppressions)")
+    supp_remove = supp_sub.add_parser("remove", help="remove an address from Resend's list, then the mirror")
+    supp_remove.add_argument("address")
 
     send = sub.add_parser("send", help="queue a test email")
     send.add_argument("--to", action="append", required=True)
@@ -142,6 +158,8 @@ def _cmd_status(args: argparse.Namespace, out: IO[str]) -> int:
     from ._status import queue_status
 
     conn, settings = _connection_and_settings("queue status")
+    if args.query is not None:
+        return _write_lifecycles(conn, args.query, args.json, out, ttl=settings.email_events_ttl_s)
     status = queue_status(conn, settings, failed_limit=args.limit).to_dict()
     if args.json:
         _print_json(status, out)
@@ -158,6 +176,29 @@ def _cmd_status(args: argparse.Namespace, out: IO[str]) -> int:
     return 0
 
 
+def _write_lifecycles(conn: Any, query: str, as_json: bool, out: IO[str], *, ttl: int) -> int:
+    from ._events import lookup
+    from ._redact import mask_email
+
+    lives = [life.to_dict() for life in lookup(conn, query, ttl=ttl)]
+    if as_json:
+        _print_json({"emails": lives}, out)
+    shown = mask_email(query) if "@" in query else query
+    if not lives:
+        if not as_json:
+            out.write(f"no email known for {shown} (never sent, or its record expired)\n")
+        return 1
+    if as_json:
+        return 0
+    for life in lives:
+        job, to = life["job_id"] or "?", life["to"] or "?"
+        out.write(f"email {life['resend_id']} (job {job}) to {to}: {life['state']}\n")
+        for step in life["timeline"]:
+            detail = f" ({step['detail']})" if step["detail"] else ""
+            out.write(f"  {step['at']}  {step['state']}{detail}\n")
+    return 0
+
+
 def _write_failed(failed: list[dict[str, Any]], out: IO[str]) -> None:
     for job in failed:
         error = job.get("error") or {}
@@ -165,6 +206,29 @@ def _write_failed(failed: list[dict[str, Any]], out: IO[str]) -> None:
             f"  {job['id']}  to {', '.join(job.get('to', []))}  {job.get('subject', '')!r}  "
             f"{error.get('name', '?')}: {error.get('message', '')}  (attempts {job.get('attempts')})\n"
         )
+
+
+def _cmd_suppressions(args: argparse.Namespace, out: IO[str]) -> int:
+    from ._redact import mask_email
+    from ._suppress import list_suppressions, remove_suppression, sync_suppressions
+
+    conn, settings = _connection_and_settings("suppressions")
+    if args.suppressions_command == "sync":
+        out.write(f"synced from Resend: {sync_suppressions(conn, settings)} suppressed address(es)\n")
+        return 0
+    if args.suppressions_command == "remove":
+        had = remove_suppression(conn, settings, args.address)
+        where = "Resend and the local mirror" if had else "Resend (the mirror did not hold it)"
+        out.write(f"removed {mask_email(args.address)} from {where}\n")
+        return 0
+    rows = [s.to_dict() for s in list_suppressions(conn)]
+    if args.json:
+        _print_json(rows, out)
+        return 0
+    out.write(f"{len(rows)} suppressed address(es)\n")
+    for row in rows:
+        out.write(f"  {row['address']}  {row['origin']}  since {row['created_at']}\n")
+    return 0
 
 
 def _cmd_failed(args: argparse.Namespace, out: IO[str]) -> int:
@@ -238,6 +302,7 @@ COMMANDS = {
     "drain": _cmd_drain,
     "status": _cmd_status,
     "failed": _cmd_failed,
+    "suppressions": _cmd_suppressions,
     "send": _cmd_send,
 }
 

@@ -33,3 +33,6 @@ IDEMPOTENCY_KEY_PREFIX: Final = "emailqueue-"
 
 #: Where a job keeps our structured error and attempt record (``job.meta[META_KEY]``).
 META_KEY: Final = "emailqueue"
+
+#: The local mirror of Resend's suppression list: address digest -> entry (see ``_suppress``).
+SUPPRESSED_KEY: Final = KEY_PREFIX + "suppressed"

@@ -28,6 +28,7 @@ import redis
 
 from ._budget import fit_to_budget
 from ._connection import connect_from, redis_errors
+from ._events import SentEmail, sent_emails
 from ._exceptions import RetryableSendError, SendError
 from ._jobs import RUNTIME
 from ._payload import decode_job_data, parse_payload
@@ -232,13 +233,15 @@ class _Run:
             interval = self.limiter.interval
             futures = [pool.submit(self._send, row, wait + i * interval) for i, row in enumerate(rows)]
             done: list[Claimed] = []
+            sent: list[SentEmail] = []
             try:
                 for row, future in zip(rows, futures, strict=True):
                     error = future.exception()
                     report.processed += 1
                     if error is None:
                         done.append(row)
-                        outcome = future.result()
+                        outcome, emails = future.result()
+                        sent += emails
                         report.sent += outcome.sent
                         report.failed += len(outcome.rejected)
                     else:
@@ -246,13 +249,14 @@ class _Run:
                     if self.on_progress is not None:
                         self.on_progress(report)
             finally:
-                self.store.ack(done)  # whatever else happens, what was sent is never sent again
+                self.store.ack(done, sent)  # whatever else happens, what was sent is never sent again
 
-    def _send(self, row: Claimed, delay: float) -> Outcome:
-        """Runs in the pool: wait for this job's send slot, send, record rejected recipients."""
+    def _send(self, row: Claimed, delay: float) -> tuple[Outcome, list[SentEmail]]:
+        """Runs in the pool: wait for this job's send slot, send, record rejected recipients.
+        Returns the outcome and the emails Resend accepted (for their lifecycle)."""
         if row.accepted:
             log.warning("job %s: Resend already accepted it; not sent again", row.job_id)
-            return Outcome(sent=0)
+            return Outcome(sent=0), []
         if delay > 0:
             self.sleep(delay)
         payload = parse_payload(decode_job_data(row.data)["payload"])
@@ -260,7 +264,7 @@ class _Run:
         outcome = send(payload, self.client, limiter=self.limiter, slot_reserved=True)
         if outcome.rejected:
             self.store.record_rejected(payload, outcome.rejected)
-        return outcome
+        return outcome, sent_emails(row.job_id, payload, outcome.resend_ids)
 
     def _fail(self, row: Claimed, exc: BaseException) -> None:
         """Retry or fail a job through the store, as a VM worker would. A job hash RQ cannot even

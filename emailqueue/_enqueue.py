@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -27,7 +27,14 @@ from rq.serializers import JSONSerializer
 from rq.utils import now
 
 from ._connection import connect_from, redis_errors
-from ._constants import DEDUP_KEY_TEMPLATE, DERIVED_JOB_PREFIX, JOB_FUNC_PATH, RANDOM_JOB_PREFIX
+from ._constants import (
+    DEDUP_KEY_TEMPLATE,
+    DERIVED_JOB_PREFIX,
+    JOB_FUNC_PATH,
+    RANDOM_JOB_PREFIX,
+    SUPPRESSED_KEY,
+)
+from ._exceptions import SuppressedAddressError
 from ._keys import QueueKeys
 from ._message import EmailMessage
 from ._payload import Payload, idempotency_key_for
@@ -40,19 +47,24 @@ BATCH_JOB_PREFIX = "eb_"
 
 @dataclass(frozen=True)
 class PreparedJob:
-    """A job ready to write: its RQ hash, and the dedup markers that guard it (if any)."""
+    """A job ready to write: its RQ hash, the dedup markers that guard it (if any), and the
+    digests of the recipients to check against the suppression mirror (none: no check)."""
 
     job_id: str
     mapping: dict[str, Any]
     guards: tuple[str, ...] = ()
+    checks: tuple[str, ...] = ()
+    recipients: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class WriteResult:
-    """``queued``: ids written now. ``taken``: guard key -> the token of the call holding it."""
+    """``queued``: ids written now. ``taken``: guard key -> the token of the call holding it.
+    ``suppressed``: address digest -> its suppression entry (then nothing was written)."""
 
     queued: list[str]
     taken: dict[str, str]
+    suppressed: dict[str, str] = field(default_factory=dict)
 
 
 def dedup_digest(*parts: str) -> str:
@@ -137,9 +149,14 @@ def prepare_batch(
 
 
 def write_jobs(
-    connection: redis.Redis, queue: Queue, jobs: Sequence[PreparedJob], dedup_ttl: int, token: str = ""
+    connection: redis.Redis,
+    queue: Queue,
+    jobs: Sequence[PreparedJob],
+    dedup_ttl: int,
+    token: str = "",
 ) -> WriteResult:
-    """Write ``jobs`` atomically in one round trip, unless one of their markers is taken.
+    """Write ``jobs`` atomically in one round trip, unless one of their markers is taken, or one
+    of the recipients in their ``checks`` is suppressed (:mod:`._suppress`), in that same trip.
 
     ``token`` identifies the calling ``send_*`` call: markers it finds set to its own token were
     set by an earlier attempt of the same call (a request redis-py retried after losing the reply).
@@ -152,10 +169,15 @@ def write_jobs(
             dedup_ttl=dedup_ttl,
             token=token or uuid.uuid4().hex,
             queues_key=queue.redis_queues_keys,
+            suppression_key=SUPPRESSED_KEY,
+            checks=tuple(dict.fromkeys(c for job in jobs for c in job.checks)),
         )
-    if ok:
+    if ok == 1:
         return WriteResult(values, {})
-    return WriteResult([], dict(zip(values[::2], values[1::2], strict=True)))
+    pairs = dict(zip(values[::2], values[1::2], strict=True))
+    if ok == 2:
+        return WriteResult([], {}, pairs)
+    return WriteResult([], pairs)
 
 
 def resolve_queue(
@@ -166,3 +188,14 @@ def resolve_queue(
         return queue
     conn = connection if connection is not None else connect_from(settings)
     return Queue(settings.email_queue_name, connection=conn, serializer=JSONSerializer)
+
+
+def suppressed_error(job: PreparedJob, hits: Any) -> SuppressedAddressError:
+    """The error of a write refused because recipients of ``job`` are suppressed; ``hits`` is the
+    script's ``{digest, entry, ...}`` reply or a digest -> entry mapping."""
+    from ._suppress import origins_of
+
+    if not isinstance(hits, dict):
+        items = [v.decode() if isinstance(v, bytes) else str(v) for v in hits]
+        hits = dict(zip(items[::2], items[1::2], strict=True))
+    return SuppressedAddressError(origins_of(hits, list(job.recipients)))

@@ -5,7 +5,9 @@
     EmailQueueError
     ├── ConfigurationError          a setting is missing or invalid
     ├── InvalidEmailError           a message failed validation at enqueue; nothing was queued
+    │   └── SuppressedAddressError  a recipient is on the suppression list
     ├── QueueError                  Redis could not be reached or refused a command
+    ├── WebhookError                a webhook's signature or body is wrong; nothing was recorded
     └── SendError                   Resend did not accept an email
         ├── RetryableSendError      transient: retried with backoff and the same idempotency key
         │   └── QuotaExceededError  daily/monthly quota: the email waits, attempts are not spent
@@ -58,8 +60,43 @@ class InvalidEmailError(EmailQueueError, ValueError):
         return [p.field for p in self.problems]
 
 
+class SuppressedAddressError(InvalidEmailError):
+    """A recipient is on the suppression list (Resend's, mirrored locally): nothing was queued.
+
+    Attributes:
+        origins: masked address -> where its suppression came from (bounce, complaint, manual).
+    """
+
+    def __init__(self, origins: dict[str, str]) -> None:
+        self.origins = dict(origins)
+        super().__init__(
+            [
+                FieldProblem(
+                    "to",
+                    f"{address} is on the suppression list (origin: {origin}); Resend would not "
+                    "deliver it. Remove it (`emailqueue suppressions remove`) or pass "
+                    "allow_suppressed=True",
+                )
+                for address, origin in sorted(self.origins.items())
+            ]
+        )
+
+
 class QueueError(EmailQueueError):
     """Redis could not be reached, timed out, or refused a command. Nothing was half-written."""
+
+
+class WebhookError(EmailQueueError):
+    """A webhook was refused: a missing or wrong signature, a stale timestamp, or a body that is
+    not a Resend event. Nothing was recorded.
+
+    Attributes:
+        status_code: 401 for a signature problem, 400 for a signed body that is not an event.
+    """
+
+    def __init__(self, message: str, *, status_code: int = 401) -> None:
+        super().__init__(message)
+        self.status_code = status_code
 
 
 class SendError(EmailQueueError):

@@ -16,11 +16,14 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from typing import Any
 
+import redis
 from rq import get_current_job
 from rq.job import Job
 
+from ._events import record_sent, sent_emails
 from ._exceptions import ConfigurationError, SendError
 from ._outbox import OutboxClient
 from ._payload import parse_payload
@@ -143,7 +146,20 @@ def deliver(payload: dict[str, Any]) -> str:
     limiter = RateLimiter(job.connection, limiter_key(job.origin), settings.resend_rate_limit)
     outcome = send_payload(payload, client, settings, job=job, limiter=limiter, store=store)
     store.accept(job.id, worker_name=job.worker_name or "", sent=outcome.sent)
+    _record_sent(job, payload, outcome, settings)
     return f"sent {outcome.sent}, rejected {len(outcome.rejected)}"
+
+
+def _record_sent(job: Job, raw: Any, outcome: Outcome, settings: Settings) -> None:
+    """The lifecycle's "sent" step with Resend's ids (one round trip). A Redis error here only
+    loses that record: the email is sent and its acceptance recorded, so nothing is retried."""
+    try:
+        emails = sent_emails(job.id, parse_payload(raw), outcome.resend_ids)
+        with job.connection.pipeline(transaction=False) as pipe:
+            record_sent(pipe, emails, ttl=settings.email_events_ttl_s, now=time.time())
+            pipe.execute()
+    except redis.RedisError as exc:
+        log.warning("job %s: sent, but its lifecycle record failed (%r)", job.id, exc)
 
 
 def send_payload(

@@ -32,7 +32,8 @@ from rq.job import JobStatus
 
 from . import _now_scripts
 from ._connection import redis_errors
-from ._enqueue import PreparedJob, resolve_queue, write_jobs
+from ._constants import SUPPRESSED_KEY
+from ._enqueue import PreparedJob, resolve_queue, suppressed_error, write_jobs
 from ._exceptions import EmailQueueError, PermanentSendError
 from ._keys import QueueKeys
 from ._now_attempt import WORKER_NAME, Claim, NowOutcome, attempt, now_client, payload_of, settle_failure
@@ -51,7 +52,9 @@ def send_now(queue: Queue, job: PreparedJob, settings: Settings) -> str:
     """
     client = now_client(settings)  # without a Resend key, fail before anything is written
     if job.guards:
-        write_jobs(queue.connection, queue, [job], settings.email_dedup_ttl_s)
+        written = write_jobs(queue.connection, queue, [job], settings.email_dedup_ttl_s)
+        if written.suppressed:
+            raise suppressed_error(job, written.suppressed)
         outcome = _deliver_queued(queue, job.job_id, settings, client, time.time, time.sleep)
     else:
         outcome = send_prepared_now(queue, job, settings, client=client)
@@ -102,14 +105,17 @@ def send_prepared_now(
         "started_at": claim.args[5],
         "worker_name": WORKER_NAME,
     }
-    args = list(claim.args)
+    args = [*claim.args, len(job.checks), *job.checks]
     for field, value in fields.items():
         args += [field, value]
     script = queue.connection.register_script(_now_scripts.WRITE_AND_CLAIM)
     with redis_errors("send_email(now=True)"):
         state, wait = script(
-            keys=[keys.queue, queue.redis_queues_keys, keys.started, limiter_key(queue.name)], args=args
+            keys=[keys.queue, queue.redis_queues_keys, keys.started, limiter_key(queue.name), SUPPRESSED_KEY],
+            args=args,
         )
+    if int(state) == 3:
+        raise suppressed_error(job, wait)
     # From here on the email is durable: nothing below raises.
     if int(state) == 0:
         return NowOutcome(job.job_id, "queued", "no send slot free under RESEND_RATE_LIMIT in time")

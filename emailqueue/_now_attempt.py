@@ -19,6 +19,7 @@ from rq import Queue
 
 from ._constants import JOB_FUNC_PATH
 from ._drain import ABANDON_GRACE_S
+from ._events import sent_emails
 from ._exceptions import EmailQueueError, PermanentSendError, RetryableSendError, SendError
 from ._keys import QueueKeys
 from ._outbox import dev_outbox
@@ -131,7 +132,8 @@ def attempt(
         store = JobStore(queue.connection, queue.name, settings)
         if outcome.rejected:
             store.record_rejected(payload, outcome.rejected)
-        store.ack([claim.row])  # drop the claim and delete the job (result_ttl=0), one round trip
+        # Drop the claim, delete the job (result_ttl=0) and record the Resend id: one round trip.
+        store.ack([claim.row], sent_emails(claim.job_id, payload, outcome.resend_ids))
     except redis.RedisError as exc:
         # Sent, but not acked: a later drain requeues it and Resend answers the same key from
         # its idempotency cache, sending nothing again.

@@ -40,21 +40,32 @@ end
 """
 
 #: Write a new job (random id) and claim it for the caller, in one step.
-#: KEYS: queue, rq:queues, wip, limiter.
-#: ARGV: now, interval, horizon, deadline, member, started_at, worker name, job key, job id, then
-#: the job hash's field/value pairs, already marked ``started`` by this claim (one HSET).
+#: KEYS: queue, rq:queues, wip, limiter, the suppression mirror (``_suppress``).
+#: ARGV: now, interval, horizon, deadline, member, started_at, worker name, job key, job id, the
+#: count of address digests to check then the digests, then the job hash's field/value pairs,
+#: already marked ``started`` by this claim (one HSET).
 #: Returns ``{1, wait}``: written and claimed, send after ``wait`` s; ``{0, -1}``: no send slot
 #: in time, written and queued like any job; ``{2, -1}``: the hash already existed and is not
-#: claimed by this call (a retried call whose first run queued it): left to the queue.
+#: claimed by this call (a retried call whose first run queued it): left to the queue;
+#: ``{3, {digest, entry, ...}}``: a checked address is suppressed, nothing written or taken.
 WRITE_AND_CLAIM: Final = (
     """
 local now, interval, horizon = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local lim = KEYS[4]
+local nchecks = tonumber(ARGV[10])
+if nchecks > 0 then
+  local entries = redis.call('HMGET', KEYS[5], unpack(ARGV, 11, 10 + nchecks))
+  local hits = {}
+  for i, entry in ipairs(entries) do
+    if entry then hits[#hits + 1] = ARGV[10 + i]; hits[#hits + 1] = entry end
+  end
+  if #hits > 0 then return {3, hits} end
+end
 """
     + _SLOT
     + """
 local key, id = ARGV[8], ARGV[9]
-if redis.call('HSET', key, unpack(ARGV, 10)) == 0 then
+if redis.call('HSET', key, unpack(ARGV, 11 + nchecks)) == 0 then
   -- The hash existed: this call ran before and its reply was lost (redis-py retried it).
   if redis.call('ZSCORE', KEYS[3], ARGV[5]) then return {1, tostring(math.max(wait, 0))} end
   -- The first run queued it: keep it queued (a drain that took it since keeps its claim).

@@ -153,6 +153,56 @@ class ResendClient:
         ids = {i: str(d.get("id", "")) for i, d in zip(accepted, data, strict=False) if isinstance(d, dict)}
         return BatchResult(ids=ids, errors=errors)
 
+    def list_suppressions(self, *, page_size: int = 100) -> list[dict[str, Any]]:
+        """Every entry of the team's suppression list (``GET /suppressions``, page by page):
+        dicts with ``id``, ``email``, ``origin`` (bounce, complaint, manual) and ``created_at``.
+
+        Raises:
+            SendError: as for :meth:`send` (the call is safe to repeat).
+        """
+        rows: list[dict[str, Any]] = []
+        after: str | None = None
+        while True:
+            params: dict[str, Any] = {"limit": page_size, **({"after": after} if after else {})}
+            reply = self._request("GET", "/suppressions", params=params)
+            data = reply.get("data") if isinstance(reply, dict) else None
+            if not isinstance(data, list):
+                raise RetryableSendError(
+                    "Resend replied to GET /suppressions without 'data'", name="bad_reply"
+                )
+            page = [d for d in data if isinstance(d, dict)]
+            rows += page
+            if not reply.get("has_more") or not page:
+                return rows
+            after = str(page[-1].get("id"))
+
+    def remove_suppression(self, address: str) -> None:
+        """``DELETE /suppressions/{email}``: Resend may send to ``address`` again. A 404 (not on
+        the list) counts as removed.
+
+        Raises:
+            SendError: as for :meth:`send`.
+        """
+        from urllib.parse import quote
+
+        try:
+            self._request("DELETE", f"/suppressions/{quote(address, safe='@')}")
+        except SendError as exc:
+            if exc.status_code != 404:
+                raise
+
+    def _request(self, method: str, path: str, params: dict[str, Any] | None = None) -> Any:
+        try:
+            response = self._http.request(method, self._base_url + path, params=params, headers=self._headers)
+        except httpx.HTTPError as exc:
+            raise error_from_exception(exc) from exc
+        if not response.is_success:
+            raise error_from_response(response, self._api_key)
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise RetryableSendError("Resend replied with invalid JSON", name="bad_reply") from exc
+
     def _post(self, path: str, body: Any, idempotency_key: str, extra: dict[str, str] | None = None) -> Any:
         headers = {**self._headers, "Idempotency-Key": idempotency_key, **(extra or {})}
         try:

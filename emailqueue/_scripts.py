@@ -44,15 +44,26 @@ end
 """
 
 #: Enqueue: write jobs and their dedup markers, all or nothing (see :mod:`._enqueue`).
-#: ARGV: dedup ttl, call token, then per job: job key, job id, guard count, guards..., field count,
-#: field, value... KEYS: queue, rq:queues.
-#: If any guard (dedup marker) exists, nothing is written and {0, {guard, its token, ...}} is
-#: returned; otherwise every guard is set to the token, every new job written and pushed:
-#: {1, {new job ids}}.
+#: ARGV: dedup ttl, call token, suppression check count, address digests..., then per job: job
+#: key, job id, guard count, guards..., field count, field, value... KEYS: queue, rq:queues,
+#: failed registry, the suppression mirror (:mod:`._suppress`).
+#: If a checked address is suppressed, nothing is written and {2, {digest, entry, ...}} is
+#: returned (one HMGET per call, none without checks). If any guard (dedup marker) exists,
+#: nothing is written and {0, {guard, its token, ...}} is returned; otherwise every guard is set
+#: to the token, every new job written and pushed: {1, {new job ids}}.
 _ENQUEUE = """
 local ttl, token = tonumber(ARGV[1]), ARGV[2]
+local nchecks = tonumber(ARGV[3])
+if nchecks > 0 then
+  local entries = redis.call('HMGET', KEYS[4], unpack(ARGV, 4, 3 + nchecks))
+  local hits = {}
+  for i, entry in ipairs(entries) do
+    if entry then hits[#hits + 1] = ARGV[3 + i]; hits[#hits + 1] = entry end
+  end
+  if #hits > 0 then return {2, hits} end
+end
 local jobs, guards = {}, {}
-local a = 3
+local a = 4 + nchecks
 while a <= #ARGV do
   local job = {key = ARGV[a], id = ARGV[a + 1], g1 = a + 3, gn = a + 2 + tonumber(ARGV[a + 2])}
   for i = job.g1, job.gn do guards[#guards + 1] = ARGV[i] end
@@ -343,17 +354,21 @@ class Scripts:
         dedup_ttl: int,
         token: str,
         queues_key: str,
-    ) -> tuple[bool, list[str]]:
-        """Write ``jobs`` ((key, id, guards, hash mapping) each) unless a guard is taken.
-        Returns (True, ids written) or (False, [guard, holder token, ...])."""
-        args: list[Any] = [dedup_ttl, token]
+        suppression_key: str = "",
+        checks: tuple[str, ...] = (),
+    ) -> tuple[int, list[str]]:
+        """Write ``jobs`` ((key, id, guards, hash mapping) each) unless a guard is taken or an
+        address digest of ``checks`` is in the suppression mirror at ``suppression_key``.
+        Returns (1, ids written), (0, [guard, holder token, ...]) or (2, [digest, entry, ...])."""
+        args: list[Any] = [dedup_ttl, token, len(checks), *checks]
         for key, job_id, guards, mapping in jobs:
             args += [key, job_id, len(guards), *guards, len(mapping)]
             for field, value in mapping.items():
                 args += [field, value]
         k = self.keys
-        ok, items = self._run(_ENQUEUE, [k.queue, queues_key, k.failed], args)
-        return bool(ok), [_text(v) for v in items]
+        keys = [k.queue, queues_key, k.failed, suppression_key or k.queue]
+        ok, items = self._run(_ENQUEUE, keys, args)
+        return int(ok), [_text(v) for v in items]
 
     def claim(
         self, *, n: int, now: float, execution_prefix: str, worker: str, started_at: str, grace: int

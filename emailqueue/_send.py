@@ -30,10 +30,12 @@ class Sender(Protocol):
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a send did: how many emails Resend took, and the reason for each rejected index."""
+    """What a send did: how many emails Resend took, the reason for each rejected index, and
+    Resend's id of each accepted index."""
 
     sent: int
     rejected: dict[int, str] = field(default_factory=dict)
+    resend_ids: dict[int, str] = field(default_factory=dict)
 
 
 def send(
@@ -59,10 +61,10 @@ def send(
     try:
         if payload.batch:
             result = client.send_batch(payload.emails, idempotency_key=payload.idempotency_key)
-            outcome = Outcome(sent=len(result.ids), rejected=result.errors)
+            outcome = Outcome(sent=len(result.ids), rejected=result.errors, resend_ids=dict(result.ids))
         else:
-            client.send(payload.email, idempotency_key=payload.idempotency_key)
-            outcome = Outcome(sent=1)
+            resend_id = client.send(payload.email, idempotency_key=payload.idempotency_key)
+            outcome = Outcome(sent=1, resend_ids={0: resend_id} if resend_id else {})
     except SendError as exc:
         if limiter is not None and exc.status_code == 429 and exc.name == "rate_limit_exceeded":
             limiter.pause(exc.retry_after or 1.0)

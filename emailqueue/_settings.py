@@ -140,6 +140,12 @@ class Settings(BaseSettings):
     # --- serverless drain and the HTTP API ---
     cron_secret: SecretStr | None = Field(default=None, description="Bearer token Vercel Cron sends.")
     queue_admin_token: SecretStr | None = Field(default=None, description="Bearer token of /api/admin/*.")
+    resend_webhook_secret: SecretStr | None = Field(
+        default=None, description="Signing secret (whsec_...) of the Resend webhook; unset: route closed."
+    )
+    email_events_ttl_s: int = Field(
+        default=30 * 86400, ge=3600, le=400 * 86400, description="How long an email's lifecycle is kept."
+    )
     drain_max_jobs: int = Field(default=100, ge=1, le=10_000, description="Most jobs one drain run takes.")
     drain_concurrency: int | None = Field(
         default=None,

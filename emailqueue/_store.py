@@ -41,6 +41,7 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 
 from ._enqueue import job_mapping
+from ._events import SentEmail, record_sent
 from ._exceptions import SendError
 from ._failure import failure_record, meta_with, requeue_record
 from ._keys import QueueKeys
@@ -99,13 +100,15 @@ class JobStore:
         if rows:
             self.scripts.unclaim(rows)
 
-    def ack(self, rows: list[Claimed]) -> None:
-        """Sent: drop the started entries and delete the jobs (``result_ttl=0``), in one round trip."""
+    def ack(self, rows: list[Claimed], sent: list[SentEmail] | None = None) -> None:
+        """Sent: drop the started entries and delete the jobs (``result_ttl=0``), and record each
+        ``sent`` email's Resend id on its lifecycle (:mod:`._events`), in one round trip."""
         if not rows:
             return
         with self.conn.pipeline(transaction=False) as pipe:
             pipe.zrem(self.keys.started, *[row.member for row in rows])
             pipe.delete(*[self.keys.job_prefix + row.job_id for row in rows])
+            record_sent(pipe, sent or [], ttl=self.settings.email_events_ttl_s, now=self.wall_clock())
             pipe.execute()
 
     # --- a VM worker's acceptance ---

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 KEYS = ["1a", "1b", "2a", "2b", "3a", "3b", "4a", "4b", "5", "6a", "6b", "7a", "7b", "8a", "8b", "8c"]
 KEYS += ["9a", "9b", "9c", "9d"]
 KEYS += ["10"]
+KEYS += ["11a", "11b", "11c"]
 NUMBER = r"-?\d+(?:\.\d+)?"
 
 #: Medians that meet every target, for judging the verdicts without running anything.
@@ -62,6 +63,9 @@ GOOD = {
     "cron_mean_ms": 30_000.0,
     "cron_p95_ms": 57_000.0,
     "fake_latency_ms": 50.0,
+    "webhook_cmds": 5,
+    "webhook_trips": 1,
+    "webhook_retry_cmds": 2,
 }
 
 
@@ -127,7 +131,7 @@ def test_every_target_passes_on_figures_that_meet_it() -> None:
     [
         ("drain_cmds", 8.1, "1a"),
         ("drain_trips", 3.5, "1b"),
-        ("send_cmds", 5, "2a"),
+        ("send_cmds", 6, "2a"),  # 4 + the suppression check (issue 14)
         ("send_trips", 2, "2b"),
         ("fanout_cmds", 3.1, "3a"),
         ("fanout_trips", 1.5, "3b"),
@@ -140,10 +144,13 @@ def test_every_target_passes_on_figures_that_meet_it() -> None:
         ("global_rate_pct", 89.9, "7b"),
         ("app_ms", 1040.0, "8a"),  # 1.16x the stack's 900 ms
         ("app_cpu_ms", 930.0, "8b"),
-        ("now_cmds", 7, "9a"),
+        ("now_cmds", 11, "9a"),  # 6 + 3 for the sent record + 1 for the suppression check (issue 14)
         ("now_trips", 3, "9b"),
         ("now_p95_ms", 75.1, "9d"),  # over the fake's 50 ms + 25 ms
         ("dev_idle_cpu_pct", 2.1, "10"),  # issue 12: at most 2% of one core
+        ("webhook_cmds", 6, "11a"),  # issue 14: at most 5 per webhook event
+        ("webhook_trips", 2, "11b"),
+        ("webhook_retry_cmds", 3, "11c"),
     ],
 )
 def test_a_figure_that_misses_its_target_fails_that_row_only(figure: str, value: float, key: str) -> None:

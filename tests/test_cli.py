@@ -307,3 +307,47 @@ def test_drain_next_to_dev_writes_to_its_outbox(
     assert json.loads(done.stdout)["sent"] == 1
     (entry,) = outbox.glob("*.json")
     assert json.loads(entry.read_text())["email"]["from"] == "emailqueue dev <onboarding@resend.dev>"
+
+
+def test_status_of_one_email_by_address_job_id_and_resend_id(
+    env: dict[str, str], fake_resend: FakeResend, real_conn: redis.Redis
+) -> None:
+    """`emailqueue status <query>`: the lifecycle the drain's ack recorded, masked."""
+    _, out = run("send", "--to", "ada@example.com", "--subject", "Hi", "--text", "x")
+    job_id = out.split()[-1]
+    run("drain")
+    (accepted,) = fake_resend.accepted
+    for query in ("ada@example.com", job_id, accepted.id):
+        code, out = run("status", query)
+        assert code == 0
+        assert out.splitlines()[0] == f"email {accepted.id} (job {job_id}) to a***@example.com: sent"
+        assert "ada@example.com" not in out
+    code, out = run("status", job_id, "--json")
+    (email,) = json.loads(out)["emails"]
+    assert [s["state"] for s in email["timeline"]] == ["sent"]
+    code, out = run("status", "nobody@example.com")
+    assert code == 1 and out == "no email known for n***@example.com (never sent, or its record expired)\n"
+
+
+def test_suppressions_sync_list_and_remove(
+    env: dict[str, str], fake_resend: FakeResend, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_resend.suppressions.add("ada@example.com", "bounce")
+    fake_resend.suppressions.add("bob@example.com", "complaint")
+    assert run("suppressions", "sync") == (0, "synced from Resend: 2 suppressed address(es)\n")
+    code, out = run("suppressions", "list", "--json")
+    assert sorted((s["address"], s["origin"]) for s in json.loads(out)) == [
+        ("a***@example.com", "bounce"),
+        ("b***@example.com", "complaint"),
+    ]
+    code, out = run("suppressions", "list")
+    assert out.startswith("2 suppressed address(es)\n") and "ada@example.com" not in out
+    code, out = run("send", "--to", "ada@example.com", "--subject", "Hi", "--text", "x")
+    assert code == 1 and "origin: bounce" in capsys.readouterr().err  # refused, nothing queued
+    assert run("suppressions", "remove", "ada@example.com") == (
+        0,
+        "removed a***@example.com from Resend and the local mirror\n",
+    )
+    assert "ada@example.com" not in fake_resend.suppressions
+    code, out = run("send", "--to", "ada@example.com", "--subject", "Hi", "--text", "x")
+    assert code == 0 and out.startswith("queued ")

@@ -108,7 +108,7 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         headers = {name.lower(): value for name, value in self.headers.items()}
         path = urlsplit(self.path).path
-        reply = fake.handle(self.command, path, headers, body)
+        reply = fake.handle(self.command, path, headers, body, urlsplit(self.path).query)
         log.info("%s %s %d (%d bytes in)", self.command, path, reply.status, len(body))
         self.send_response(reply.status)
         for name, value in reply.headers:

@@ -13,12 +13,14 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
 import httpx
 
+from ._suppressions import PREFIX as SUPPRESSIONS
+from ._suppressions import SuppressionList
 from ._wire import (
     BATCH,
     DEFAULT_RATE_LIMIT,
@@ -84,6 +86,9 @@ class ResendModel:
         self._error_rates: tuple[float, float, float, float] | None = None
         self._rng = random.Random(0)
         self._window: deque[float] = deque()
+        #: Resend's suppression list: ``suppressions.add(address, origin)`` puts one on it; an
+        #: email accepted for a listed address gets ``email.suppressed``, never ``delivered``.
+        self.suppressions = SuppressionList()
 
     # --- record ---
     @property
@@ -108,6 +113,39 @@ class ResendModel:
         """Idempotency key -> how many requests were accepted under it (a batch counts once)."""
         with self._lock:
             return dict(self._accepts_by_key)
+
+    def emit_webhooks(
+        self,
+        url: str,
+        secret: str,
+        *,
+        bounce: Iterable[str] = (),
+        complain: Iterable[str] = (),
+        client: httpx.Client | None = None,
+    ) -> list[httpx.Response]:
+        """POST correctly signed (Svix) webhooks to ``url`` for every email accepted so far:
+        ``email.sent`` then ``email.delivered``, or a permanent ``email.bounced`` for an address in
+        ``bounce``, and ``email.complained`` after delivery for one in ``complain``. An email to an
+        address on :attr:`suppressions` gets ``email.suppressed`` instead, as Resend skips it.
+
+        Args:
+            secret: the webhook's signing secret, ``whsec_<base64>``.
+            client: the ``httpx.Client`` to post with (e.g. a FastAPI ``TestClient``).
+
+        Returns:
+            The responses, in order.
+        """
+        from ._webhooks import emit_webhooks
+
+        return emit_webhooks(
+            url,
+            secret,
+            self.accepted,
+            bounce=bounce,
+            complain=complain,
+            suppressed=[e["email"] for e in self.suppressions.entries()],
+            client=client,
+        )
 
     def reset(self) -> None:
         """Forget the record, idempotency cache, rate window and faults; release held requests."""
@@ -182,7 +220,8 @@ class ResendModel:
 
         def answer(request: httpx.Request) -> httpx.Response:
             headers = {name.lower(): value for name, value in request.headers.items()}
-            reply = self.handle(request.method, request.url.path, headers, request.read())
+            query = request.url.query.decode()
+            reply = self.handle(request.method, request.url.path, headers, request.read(), query)
             return httpx.Response(
                 reply.status,
                 headers=[*reply.headers, ("content-type", "application/json")],
@@ -191,8 +230,13 @@ class ResendModel:
 
         return httpx.MockTransport(answer)
 
-    def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Reply:
+    def handle(self, method: str, path: str, headers: dict[str, str], body: bytes, query: str = "") -> Reply:
         """Answer one request (header names lower-cased) as Resend would, faults included."""
+        if path == SUPPRESSIONS or path.startswith(SUPPRESSIONS + "/"):
+            reply = self._auth(headers) or self.suppressions.handle(method, path, query, body)
+            with self._lock:
+                self._requests.append(RecordedRequest(method, path, headers, body, reply.status))
+            return reply
         claimed: str | None = None  # the idempotency key this request holds in flight
         pause = self.latency
         try:
@@ -235,6 +279,14 @@ class ResendModel:
             return error_reply(404, "not_found", "The requested endpoint does not exist.")
         if method not in ("POST", "GET") or (method == "GET" and path != EMAILS):
             return error_reply(405, "method_not_allowed", "Method is not allowed for the requested path.")
+        refused = self._auth(headers)
+        if refused is not None:
+            return refused
+        if method == "GET":
+            return self._listing()
+        return None
+
+    def _auth(self, headers: dict[str, str]) -> Reply | None:
         auth = headers.get("authorization")
         if not auth:
             return error_reply(401, "missing_api_key", "Missing API key; send `Authorization: Bearer <key>`.")
@@ -242,8 +294,6 @@ class ResendModel:
             return error_reply(403, "invalid_api_key", "API key is invalid.")
         if not headers.get("user-agent"):
             return error_reply(403, "missing_user_agent", "A User-Agent header is required.")
-        if method == "GET":
-            return self._listing()
         return None
 
     def _listing(self) -> Reply:

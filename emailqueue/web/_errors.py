@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from emailqueue._exceptions import ConfigurationError, QueueError
+from emailqueue._exceptions import ConfigurationError, QueueError, WebhookError
 
 log = logging.getLogger("emailqueue.api")
 
@@ -62,6 +62,9 @@ def error_for(request: Request, exc: Exception) -> JSONResponse:
         message = scrub_text(str(exc))
         log.error("%s: misconfigured: %s", where, message)
         return error_response(status.HTTP_503_SERVICE_UNAVAILABLE, "misconfigured", message)
+    if isinstance(exc, WebhookError):
+        log.warning("%s: webhook refused: %s", where, exc)
+        return error_response(exc.status_code, "invalid_webhook", str(exc))
     if isinstance(exc, HTTPException):
         return error_response(
             exc.status_code,

@@ -28,7 +28,9 @@ def create_router(prefix: str = DEFAULT_PREFIX) -> APIRouter:
 
     Returns:
         An ``APIRouter`` with ``GET|POST {prefix}/cron/process-email-queue``,
-        ``GET {prefix}/admin/queue-status``, ``POST {prefix}/admin/failed/requeue`` and
+        ``GET {prefix}/admin/queue-status``, ``POST {prefix}/admin/failed/requeue``,
+        ``GET {prefix}/admin/emails?q=...``, the suppression routes, the HTML dashboard
+        ``{prefix}/admin/dashboard/``, ``POST {prefix}/webhooks/resend`` and
         ``GET {prefix}/health``.
 
     Raises:
@@ -38,10 +40,12 @@ def create_router(prefix: str = DEFAULT_PREFIX) -> APIRouter:
         raise ConfigurationError(
             f"prefix {prefix!r} must start with '/' and not end with one, e.g. '/api' (or be '')"
         )
-    from emailqueue.web._routes import admin, cron, health
+    from emailqueue.web._routes import admin, cron, dashboard, health, webhooks
 
     router = APIRouter(prefix=prefix)
     router.include_router(cron.router)
     router.include_router(admin.router)
     router.include_router(health.router)
+    router.include_router(webhooks.router)
+    router.include_router(dashboard.router)
     return router

@@ -9,6 +9,7 @@ schema in-process from the app's own routes (``fastapi.openapi.utils.get_openapi
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
 import json
 from collections.abc import Callable, Iterator, MutableMapping
@@ -22,6 +23,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
+from pydantic import SecretStr
 from rq import Queue
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
@@ -70,6 +72,11 @@ def test_the_in_process_schema_covers_every_public_route() -> None:
         (STATUS, "get"),
         (REQUEUE, "post"),
         (HEALTH, "get"),
+        (EMAILS, "get"),
+        (SUPPRESSIONS, "get"),
+        (SUPPRESSIONS + "/sync", "post"),
+        (SUPPRESSIONS + "/remove", "post"),
+        (WEBHOOK, "post"),
     }
 
 
@@ -79,12 +86,22 @@ def fuzz_app(settings: Settings, fake_resend: FakeResend) -> FastAPI:
     conn = fakeredis.FakeRedis(server=fakeredis.FakeServer())
     send_email(to="ada@example.com", subject="s", text="t", connection=conn, settings=settings)
     app = create_app()
-    app.dependency_overrides[get_settings] = lambda: with_secrets(settings)
+    secret = SecretStr("whsec_" + base64.b64encode(b"fuzz-webhook-secret-0123456789ab").decode())
+    app.dependency_overrides[get_settings] = lambda: with_secrets(settings, resend_webhook_secret=secret)
     app.dependency_overrides[get_connection] = lambda: conn
     return app
 
 
-TOKENS = {CRON: CRON_SECRET, STATUS: ADMIN_TOKEN, REQUEUE: ADMIN_TOKEN}
+#: Issue 14's JSON routes; the HTML dashboard is not in the schema (tests/test_dashboard*.py).
+EMAILS = "/api/admin/emails"
+SUPPRESSIONS = "/api/admin/suppressions"
+WEBHOOK = "/api/webhooks/resend"
+TOKENS = {CRON: CRON_SECRET, STATUS: ADMIN_TOKEN, REQUEUE: ADMIN_TOKEN, EMAILS: ADMIN_TOKEN}
+TOKENS |= {
+    SUPPRESSIONS: ADMIN_TOKEN,
+    SUPPRESSIONS + "/sync": ADMIN_TOKEN,
+    SUPPRESSIONS + "/remove": ADMIN_TOKEN,
+}
 
 
 @schema.parametrize()

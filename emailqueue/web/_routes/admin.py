@@ -52,3 +52,55 @@ def post_requeue(
     from emailqueue import requeue_failed
 
     return requeue_failed(connection, settings, None if body.all_ else body.ids).to_dict()
+
+
+@router.get("/emails")
+def get_email_lifecycle(
+    _auth: AdminAuthorized,
+    settings: SettingsDep,
+    connection: ConnectionDep,
+    q: Annotated[
+        str, Query(min_length=1, max_length=320, description="a job id, a Resend email id or an address")
+    ],
+) -> dict[str, Any]:
+    """The lifecycle of the matching emails (masked recipients): ``{"emails": [...]}``."""
+    from emailqueue._events import lookup
+
+    return {"emails": [life.to_dict() for life in lookup(connection, q, ttl=settings.email_events_ttl_s)]}
+
+
+@router.get("/suppressions")
+def get_suppressions(_auth: AdminAuthorized, connection: ConnectionDep) -> dict[str, Any]:
+    """The suppression list mirrored from Resend, masked: ``{"suppressions": [...]}``."""
+    from emailqueue._suppress import list_suppressions
+
+    return {"suppressions": [s.to_dict() for s in list_suppressions(connection)]}
+
+
+@router.post("/suppressions/sync")
+def post_suppressions_sync(
+    _auth: AdminAuthorized, settings: SettingsDep, connection: ConnectionDep
+) -> dict[str, Any]:
+    """Replace the mirror with Resend's list: ``{"suppressed": count}``."""
+    from emailqueue._suppress import sync_suppressions
+
+    return {"suppressed": sync_suppressions(connection, settings)}
+
+
+class RemoveSuppressionRequest(BaseModel):
+    """``{"address": "..."}``: the address to remove from Resend's list and the mirror."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    address: Annotated[str, StringConstraints(min_length=3, max_length=320, pattern=r"@")]
+
+
+@router.post("/suppressions/remove")
+def post_suppressions_remove(
+    _auth: AdminAuthorized, body: RemoveSuppressionRequest, settings: SettingsDep, connection: ConnectionDep
+) -> dict[str, Any]:
+    """Remove an address from Resend's list (its API), then from the mirror: ``{"removed": bool}``
+    (false: the mirror did not hold it; Resend's list no longer does either way)."""
+    from emailqueue._suppress import remove_suppression
+
+    return {"removed": remove_suppression(connection, settings, body.address)}
