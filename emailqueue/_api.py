@@ -33,6 +33,7 @@ def send_email(
     queue: Queue | None = None,
     settings: Settings | None = None,
     now: bool = False,
+    durable: bool | None = None,
     **fields: Any,
 ) -> str:
     """Validate one email and queue it for delivery. Returns the RQ job id.
@@ -50,14 +51,21 @@ def send_email(
             sign-in link). The job is written first, then claimed and sent here with a short
             timeout; if that cannot happen (no free send slot, a Resend error, a crash), the
             queue delivers it as usual. Needs ``RESEND_API_KEY`` here. See docs/SEND_NOW.md.
+        durable: return only once Redis has the email on disk (``WAITAOF``) or on a replica
+            (``WAIT``), so a crash of the Redis host cannot lose it; default ``EMAIL_DURABLE``.
+            With ``now``, the durable write comes first, then the claim and the send.
+            See docs/RELIABILITY.md.
 
     Returns:
         The job id. Delivery uses an Idempotency-Key derived from it on every attempt.
 
     Raises:
         InvalidEmailError: the message is invalid; every problem is listed and nothing is queued.
-        ConfigurationError: no Redis URL, or an invalid setting (with ``now``: no Resend key).
-        QueueError: Redis could not be reached after bounded retries.
+        ConfigurationError: no Redis URL, or an invalid setting (with ``now``: no Resend key;
+            with ``durable``: a server that cannot confirm a write on disk or on a replica,
+            before anything is written).
+        QueueError: Redis could not be reached after bounded retries (with ``durable``: or did
+            not confirm the write within ``EMAIL_DURABLE_TIMEOUT_S``; the email is queued).
     """
     if message is not None and fields:
         raise TypeError("pass either an EmailMessage or keyword fields, not both")
@@ -77,12 +85,34 @@ def send_email(
         dedup = ["key", idempotency_key]
     q = resolve_queue(settings, connection, queue)
     job = prepare_single(email, queue=q, settings=settings, dedup=dedup)
+    settings = _with_durable(settings, durable)
     if now:
         from . import _now  # imported on first use: an app that only queues never pays for it
 
-        return _now.send_now(q, job, settings)
-    write_jobs(q.connection, q, [job], settings.email_dedup_ttl_s)  # a taken key: already queued
+        if not settings.email_durable:
+            return _now.send_now(q, job, settings)
+        from ._now_attempt import now_client
+
+        now_client(settings)  # without a Resend key, fail before anything is written
+        # Durable first (confirmed on disk), then claimed from the queue and sent from here.
+        write_jobs(
+            q.connection, q, [job], settings.email_dedup_ttl_s, durable_timeout=_durable_timeout(settings)
+        )
+        return _now.send_queued_now(q, [job.job_id], settings)[0]
+    # A taken key: already queued.
+    write_jobs(q.connection, q, [job], settings.email_dedup_ttl_s, durable_timeout=_durable_timeout(settings))
     return job.job_id
+
+
+def _with_durable(settings: Settings, durable: bool | None) -> Settings:
+    """``durable=`` overrides ``EMAIL_DURABLE`` for one call."""
+    if durable is None or durable == settings.email_durable:
+        return settings
+    return settings.model_copy(update={"email_durable": bool(durable)})
+
+
+def _durable_timeout(settings: Settings) -> float | None:
+    return settings.email_durable_timeout_s if settings.email_durable else None
 
 
 def send_event_email(
@@ -96,6 +126,7 @@ def send_event_email(
     queue: Queue | None = None,
     settings: Settings | None = None,
     now: bool = False,
+    durable: bool | None = None,
     **fields: Any,
 ) -> list[str]:
     """Queue one personal email per recipient of an event (no recipient sees another).
@@ -110,6 +141,8 @@ def send_event_email(
         connection, queue, settings: as for :func:`send_email`.
         now: also send right away from this process, as for :func:`send_email`; for small
             fan-outs only: at most 100 recipients (one batch request).
+        durable: as for :func:`send_email`: every write of the call is confirmed on disk or on
+            a replica before it returns (and before the immediate sends, with ``now``).
         **fields: other :class:`EmailMessage` fields (``from_``, ``reply_to``, ``tags``, ...).
 
     Returns:
@@ -122,7 +155,7 @@ def send_event_email(
         InvalidEmailError: any recipient or field is invalid; nothing is queued for anyone.
         ConfigurationError, QueueError: as for :func:`send_email`.
     """
-    settings = settings or load_settings()
+    settings = _with_durable(settings or load_settings(), durable)
     limit = MAX_NOW_RECIPIENTS if now else MAX_EVENT_RECIPIENTS
     unique, template = _event_message(event_id, recipients, subject, html, text, fields, settings, limit)
     if now:
@@ -235,7 +268,14 @@ def _write_round(
     atomic. Appends what it queued to ``queued``; returns (markers taken by another call, the
     recipients still pending)."""
     for group in _write_groups(jobs):
-        result = write_jobs(q.connection, q, group, settings.email_dedup_ttl_s, token)
+        result = write_jobs(
+            q.connection,
+            q,
+            group,
+            settings.email_dedup_ttl_s,
+            token,
+            durable_timeout=_durable_timeout(settings),
+        )
         if result.taken:
             # Markers holding our own token were set by an earlier attempt of this very call
             # (a request redis-py retried after losing the reply): those jobs are queued.

@@ -28,6 +28,7 @@ from rq.utils import now
 
 from ._connection import connect_from, redis_errors
 from ._constants import DEDUP_KEY_TEMPLATE, DERIVED_JOB_PREFIX, JOB_FUNC_PATH, RANDOM_JOB_PREFIX
+from ._durable import check_confirmed, durable_wait
 from ._keys import QueueKeys
 from ._message import EmailMessage
 from ._payload import Payload, idempotency_key_for
@@ -137,22 +138,42 @@ def prepare_batch(
 
 
 def write_jobs(
-    connection: redis.Redis, queue: Queue, jobs: Sequence[PreparedJob], dedup_ttl: int, token: str = ""
+    connection: redis.Redis,
+    queue: Queue,
+    jobs: Sequence[PreparedJob],
+    dedup_ttl: int,
+    token: str = "",
+    *,
+    durable_timeout: float | None = None,
 ) -> WriteResult:
     """Write ``jobs`` atomically in one round trip, unless one of their markers is taken.
 
     ``token`` identifies the calling ``send_*`` call: markers it finds set to its own token were
     set by an earlier attempt of the same call (a request redis-py retried after losing the reply).
+    With ``durable_timeout`` (seconds), return only once the write is on disk or on a replica
+    (see :mod:`._durable`), still in one round trip.
+
+    Raises:
+        ConfigurationError: durable, and the server cannot confirm it; nothing was written.
+        QueueError: Redis failed, or (durable) did not confirm the write in time.
     """
     if not jobs:
         return WriteResult([], {})
+    rows = [(Job.key_for(job.job_id), job.job_id, job.guards, job.mapping) for job in jobs]
+    scripts = Scripts(connection, QueueKeys.of(queue))
+    token = token or uuid.uuid4().hex
     with redis_errors("enqueue", connection):
-        ok, values = Scripts(connection, QueueKeys.of(queue)).enqueue(
-            jobs=[(Job.key_for(job.job_id), job.job_id, job.guards, job.mapping) for job in jobs],
-            dedup_ttl=dedup_ttl,
-            token=token or uuid.uuid4().hex,
-            queues_key=queue.redis_queues_keys,
-        )
+        wait = durable_wait(connection, durable_timeout) if durable_timeout is not None else ()
+        if wait:
+            ok, values, reply = scripts.enqueue_then(
+                jobs=rows, dedup_ttl=dedup_ttl, token=token, queues_key=queue.redis_queues_keys, then=wait
+            )
+        else:
+            ok, values = scripts.enqueue(
+                jobs=rows, dedup_ttl=dedup_ttl, token=token, queues_key=queue.redis_queues_keys
+            )
+    if wait:
+        check_confirmed(wait, reply, values if ok else [], durable_timeout or 0.0)
     if ok:
         return WriteResult(values, {})
     return WriteResult([], dict(zip(values[::2], values[1::2], strict=True)))

@@ -323,6 +323,17 @@ class Recovered:
     done: list[str]
 
 
+def _enqueue_args(
+    jobs: list[tuple[str, str, tuple[str, ...], dict[str, Any]]], dedup_ttl: int, token: str
+) -> list[Any]:
+    args: list[Any] = [dedup_ttl, token]
+    for key, job_id, guards, mapping in jobs:
+        args += [key, job_id, len(guards), *guards, len(mapping)]
+        for field, value in mapping.items():
+            args += [field, value]
+    return args
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -346,14 +357,42 @@ class Scripts:
     ) -> tuple[bool, list[str]]:
         """Write ``jobs`` ((key, id, guards, hash mapping) each) unless a guard is taken.
         Returns (True, ids written) or (False, [guard, holder token, ...])."""
-        args: list[Any] = [dedup_ttl, token]
-        for key, job_id, guards, mapping in jobs:
-            args += [key, job_id, len(guards), *guards, len(mapping)]
-            for field, value in mapping.items():
-                args += [field, value]
+        args = _enqueue_args(jobs, dedup_ttl, token)
         k = self.keys
         ok, items = self._run(_ENQUEUE, [k.queue, queues_key, k.failed], args)
         return bool(ok), [_text(v) for v in items]
+
+    def enqueue_then(
+        self,
+        *,
+        jobs: list[tuple[str, str, tuple[str, ...], dict[str, Any]]],
+        dedup_ttl: int,
+        token: str,
+        queues_key: str,
+        then: tuple[Any, ...],
+    ) -> tuple[bool, list[str], Any]:
+        """:meth:`enqueue`, with the command ``then`` (``WAITAOF``, ``WAIT``) pipelined after it:
+        one round trip. Returns what :meth:`enqueue` does, plus ``then``'s reply (an exception
+        object if it failed). A server that has not cached the script yet costs one retry."""
+        args = _enqueue_args(jobs, dedup_ttl, token)
+        k = self.keys
+        keys = [k.queue, queues_key, k.failed]
+        sha = self.conn.register_script(_ENQUEUE).sha
+        for by_sha in (True, False):
+            with self.conn.pipeline(transaction=False) as pipe:
+                if by_sha:
+                    pipe.evalsha(sha, len(keys), *keys, *args)
+                else:
+                    pipe.eval(_ENQUEUE, len(keys), *keys, *args)
+                pipe.execute_command(*then)  # type: ignore[no-untyped-call]
+                written, reply = pipe.execute(raise_on_error=False)
+            if by_sha and isinstance(written, redis.exceptions.NoScriptError):
+                continue  # nothing ran; ``then`` waited for nothing
+            if isinstance(written, Exception):
+                raise written
+            break
+        ok, items = written
+        return bool(ok), [_text(v) for v in items], reply
 
     def claim(
         self, *, n: int, now: float, execution_prefix: str, worker: str, started_at: str, grace: int
