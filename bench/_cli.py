@@ -17,7 +17,7 @@ import redis
 from emailqueue._embedded import EmbeddedRedis
 from emailqueue.testing import FakeResend
 
-from . import _coldstart, _costs, _devidle, _global_limit, _now, _report, _speed
+from . import _coldstart, _costs, _devidle, _durable, _global_limit, _now, _report, _speed
 from ._env import Env, Sample
 from ._report import Row
 
@@ -35,15 +35,16 @@ class Sizes:
     idle_window_s: float  # how long dev's idle CPU is measured
     idle_venv_pip: bool  # the project's virtualenv has pip (about a thousand .py files)
     now_n: int  # immediate emails timed one after another
+    durable_n: int  # durable (and default) enqueues timed one after another, per AOF policy
 
 
 FULL = Sizes(
     reps=5, drain_n=200, fanout_n=1000, throughput_n=48, batch_n=1000, global_n=16, idle_window_s=30,
-    idle_venv_pip=True, now_n=40,
+    idle_venv_pip=True, now_n=40, durable_n=40,
 )  # fmt: skip
 QUICK = Sizes(
     reps=1, drain_n=20, fanout_n=200, throughput_n=16, batch_n=200, global_n=6, idle_window_s=2,
-    idle_venv_pip=False, now_n=10,
+    idle_venv_pip=False, now_n=10, durable_n=5,
 )  # fmt: skip
 
 
@@ -65,6 +66,7 @@ def run(sizes: Sizes) -> tuple[dict[str, list[float]], Env, dict[str, str]]:
         ("send now cost", _now.now_cost),
         ("send now latency", lambda env: _now.now_latency(env, sizes.now_n)),
         ("dev idle", lambda env: _devidle.idle_sample(sizes.idle_window_s, pip=sizes.idle_venv_pip)),
+        ("durable enqueue", lambda env: _durable.durable_cost(env, sizes.durable_n)),
     ]
     spread: dict[str, list[float]] = {}
     with EmbeddedRedis() as server, FakeResend() as fake:
@@ -184,7 +186,15 @@ def rows(m: dict[str, float], sizes: Sizes) -> list[Row]:
             "dev_idle_cpu_pct",
             2,
         ),
-    ]
+        at_most("11a", "Durable send_email: Redis commands (vs default send_email)", "default_cmds",
+                "durable_cmds", m["default_cmds"] + 1),
+        at_most("11b", "Durable send_email: round trips (vs default send_email)", "default_trips",
+                "durable_trips", 1),
+        Row("11c", "Durable send_email, AOF everysec: p50 latency (ms) (vs default)",
+            m["default_everysec_ms"], m["durable_everysec_ms"], "informational", True),
+        Row("11d", "Durable send_email, AOF always: p50 latency (ms) (vs default)",
+            m["default_always_ms"], m["durable_always_ms"], "informational", True),
+    ]  # fmt: skip
 
 
 def method(sizes: Sizes, details: dict[str, str]) -> list[str]:
@@ -228,6 +238,12 @@ def method(sizes: Sizes, details: dict[str, str]) -> list[str]:
         f"{sizes.idle_window_s:g} s of wall time. Baseline: a stock `rq worker --with-scheduler` and "
         "its embedded server, idle, measured the same way. Before issue 12 (reload on by default, "
         "scanning the virtualenv) dev used 20% of a core here.",
+        f"11: `send_email(durable=True)` vs `send_email()` on a valkey-server of its own with `appendonly "
+        "yes`, warm (the capability read and the script load done once before); commands and round trips "
+        f"of one call on `appendfsync everysec`; p50 wall time of {sizes.durable_n} calls one after "
+        "another under `everysec` (the durable call waits for the next fsync) and under `always` (the "
+        "write is fsynced before any reply; WAITAOF returns at once). A stock `Queue.enqueue` is timed on "
+        "the same server for reference. A real disk's fsync time decides these latencies.",
     ]
 
 

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 KEYS = ["1a", "1b", "2a", "2b", "3a", "3b", "4a", "4b", "5", "6a", "6b", "7a", "7b", "8a", "8b", "8c"]
 KEYS += ["9a", "9b", "9c", "9d"]
 KEYS += ["10"]
+KEYS += ["11a", "11b", "11c", "11d"]
 NUMBER = r"-?\d+(?:\.\d+)?"
 
 #: Medians that meet every target, for judging the verdicts without running anything.
@@ -57,6 +58,16 @@ GOOD = {
     "now_trips": 2,
     "raw_now_cmds": 60,
     "raw_now_trips": 30,
+    "durable_cmds": 7,
+    "durable_trips": 1,
+    "default_cmds": 6,
+    "default_trips": 1,
+    "durable_everysec_ms": 100.0,
+    "default_everysec_ms": 0.5,
+    "raw_enqueue_everysec_ms": 0.6,
+    "durable_always_ms": 0.6,
+    "default_always_ms": 0.5,
+    "raw_enqueue_always_ms": 0.7,
     "now_p50_ms": 60.0,
     "now_p95_ms": 70.0,
     "cron_mean_ms": 30_000.0,
@@ -144,6 +155,8 @@ def test_every_target_passes_on_figures_that_meet_it() -> None:
         ("now_trips", 3, "9b"),
         ("now_p95_ms", 75.1, "9d"),  # over the fake's 50 ms + 25 ms
         ("dev_idle_cpu_pct", 2.1, "10"),  # issue 12: at most 2% of one core
+        ("durable_cmds", 8, "11a"),  # more than WAITAOF on top of the default enqueue
+        ("durable_trips", 2, "11b"),
     ],
 )
 def test_a_figure_that_misses_its_target_fails_that_row_only(figure: str, value: float, key: str) -> None:
