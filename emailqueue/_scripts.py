@@ -122,10 +122,25 @@ end
 return out
 """
 
-#: Move due retries back to the queue, unless an RQ scheduler holds the lock: then it is doing
-#: exactly this, and doing it too could push a job twice. Returns -1 if a scheduler holds it.
+#: RQ 3's scheduler sets its lock (``rq:scheduler-lock:<queue>``, valued with the scheduler's name)
+#: to expire in ``interval + 60`` s and refreshes it every ``interval`` s (1 by default) from its
+#: heartbeat. So a live scheduler's lock never has less than about 60 s left; one with less has
+#: missed its refreshes: its owner is dead (SIGKILL, its VM gone) or frozen.
+SCHEDULER_LOCK_FLOOR_S: Final = 60
+#: How long a scheduler lock may go unrefreshed before the drain takes its owner for dead and
+#: promotes due retries itself (instead of waiting out the lock's 61 s). A live scheduler that
+#: was merely frozen this long and wakes mid-step could push a job the drain promoted once more;
+#: a duplicate push is harmless to the drain (CLAIM skips a job that is not ``queued``), and a VM
+#: worker re-running it sends with the same Idempotency-Key.
+SCHEDULER_STALE_S: Final = 10
+
+#: Move due retries back to the queue, unless a live RQ scheduler holds the lock: then it is doing
+#: exactly this, and doing it too could push a job twice. A lock whose TTL has run down below
+#: ARGV[4] ms was not refreshed for a while: its owner is gone, so the drain promotes. Each due
+#: id is moved by ZREM first, so two drains never push the same retry. Returns -1 if a live
+#: scheduler holds the lock.
 _PROMOTE = """
-if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
+if redis.call('PTTL', KEYS[3]) > tonumber(ARGV[4]) then return -1 end
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
 for _, id in ipairs(ids) do
   redis.call('ZREM', KEYS[1], id)
@@ -408,10 +423,13 @@ class Scripts:
             args += [row.job_id, row.member]
         self._run(_UNCLAIM, [self.keys.queue, self.keys.started], args)
 
-    def promote(self, *, now: float, limit: int) -> int:
-        """Due retries moved to the queue; 0 when an RQ scheduler holds the lock."""
+    def promote(self, *, now: float, limit: int, stale_s: float = SCHEDULER_STALE_S) -> int:
+        """Due retries moved to the queue; 0 when a live RQ scheduler holds the lock (one
+        refreshed within the last ``stale_s`` seconds)."""
         k = self.keys
-        return max(int(self._run(_PROMOTE, [k.scheduled, k.queue, k.lock], [now, k.job_prefix, limit])), 0)
+        live_ms = int((SCHEDULER_LOCK_FLOOR_S - stale_s) * 1000)
+        moved = self._run(_PROMOTE, [k.scheduled, k.queue, k.lock], [now, k.job_prefix, limit, live_ms])
+        return max(int(moved), 0)
 
     def recover(self, *, now: float, limit: int, lease: int) -> Recovered:
         k = self.keys

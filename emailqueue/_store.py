@@ -200,7 +200,8 @@ class JobStore:
 
     # --- recovery ---
     def promote(self, *, now: float, limit: int) -> int:
-        """Move due retries back to the queue (unless an RQ scheduler is doing it)."""
+        """Move due retries back to the queue (unless a live RQ scheduler is doing it: one whose
+        lock was refreshed within ``_scripts.SCHEDULER_STALE_S``; a dead one's is ignored)."""
         return self.scripts.promote(now=now, limit=limit)
 
     def sweep(self, *, now: float, grace: int) -> list[str]:
