@@ -317,6 +317,71 @@ return {requeued, missing, delivered}
 """
 
 
+#: Sweep orphan job hashes: ``rq:job:*`` hashes of this queue with no TTL that no list or registry
+#: holds. Nothing live looks like that: every writer (ours and RQ's) moves a job between lists and
+#: registries in one atomic step. A late write does: a stalled connection delivering RQ's
+#: ``job.save`` or status ``HSET`` after the job was acked (deleted) recreates the hash, and it
+#: never expires. Bounded and rare: at most once per ARGV[3] s (the gate key), one SCAN step of
+#: ARGV[2] keys, resumed where the last one stopped. An orphan that still holds an email nobody
+#: accepted (data, status queued or scheduled, no acceptance record) goes back on the queue (its
+#: Idempotency-Key makes a resend of one that was sent a no-op within Resend's 24 h window);
+#: any other (a fragment with no data, an accepted, finished or failed job) is deleted. Started
+#: jobs are left to the started registry. Jobs of other queues are never touched.
+#: KEYS: sweep state (cursor, counts), gate, queue, intermediate, scheduled, failed, rq:queues.
+#: ARGV: job key prefix, SCAN count, gate seconds, accepted field, queue name.
+#: Returns {-1, 0, 0} when gated, else {keys scanned, removed, requeued}.
+_ORPHANS = """
+if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', tonumber(ARGV[3])) then return {-1, 0, 0} end
+local scan = redis.call('SCAN', redis.call('HGET', KEYS[1], 'cursor') or '0', 'MATCH', ARGV[1] .. '*',
+  'COUNT', tonumber(ARGV[2]))
+local removed, requeued = 0, 0
+for _, key in ipairs(scan[2]) do
+  if redis.call('TTL', key) == -1 and redis.call('TYPE', key)['ok'] == 'hash' then
+    local f = redis.call('HMGET', key, 'status', 'origin', 'data', ARGV[4])
+    local id = string.sub(key, #ARGV[1] + 1)
+    local ours = f[2] == ARGV[5] or (not f[2] and not f[3])
+    local listed = true
+    if not ours or f[1] == 'started' then
+      listed = true
+    elseif f[1] == 'queued' then
+      listed = redis.call('LPOS', KEYS[3], id) or redis.call('LPOS', KEYS[4], id)
+    elseif f[1] == 'scheduled' then
+      listed = redis.call('ZSCORE', KEYS[5], id)
+    elseif f[1] == 'failed' then
+      listed = redis.call('ZSCORE', KEYS[6], id)
+    else
+      listed = false
+    end
+    if not listed then
+      if f[3] and not f[4] and (f[1] == 'queued' or f[1] == 'scheduled') then
+        redis.call('HSET', key, 'status', 'queued')
+        redis.call('RPUSH', KEYS[3], id)
+        redis.call('SADD', KEYS[7], KEYS[3])
+        requeued = requeued + 1
+      else
+        redis.call('DEL', key)
+        removed = removed + 1
+      end
+    end
+  end
+end
+redis.call('HSET', KEYS[1], 'cursor', scan[1])
+if removed > 0 then redis.call('HINCRBY', KEYS[1], 'removed', removed) end
+if requeued > 0 then redis.call('HINCRBY', KEYS[1], 'requeued', requeued) end
+return {#scan[2], removed, requeued}
+"""
+
+
+@dataclass(frozen=True)
+class Orphans:
+    """What one orphan sweep did: keys scanned (-1: not this run, the gate was set), orphans
+    deleted, orphans put back on the queue."""
+
+    scanned: int
+    removed: int
+    requeued: int
+
+
 @dataclass(frozen=True)
 class Claimed:
     """A job a drain claimed: its id, its started-registry member, its hash's data and meta, and
@@ -445,6 +510,13 @@ class Scripts:
         k = self.keys
         moved = self._run(_SWEEP, [k.intermediate, k.queue, k.intermediate_seen], [now, grace, k.job_prefix])
         return [_text(i) for i in moved]
+
+    def sweep_orphans(self, *, count: int, every_s: int, queues_key: str) -> Orphans:
+        k = self.keys
+        keys = [k.orphans, k.orphans_gate, k.queue, k.intermediate, k.scheduled, k.failed, queues_key]
+        args = [k.job_prefix, count, every_s, ACCEPTED_FIELD, k.name]
+        scanned, removed, requeued = self._run(_ORPHANS, keys, args)
+        return Orphans(int(scanned), int(removed), int(requeued))
 
     def accept(self, *, job_id: str, record: str, worker_name: str) -> bool:
         keys = [self.keys.job_prefix + job_id, EXECUTIONS_PREFIX + job_id]
