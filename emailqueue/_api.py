@@ -51,8 +51,9 @@ def send_email(
             sign-in link). The job is written first, then claimed and sent here with a short
             timeout; if that cannot happen (no free send slot, a Resend error, a crash), the
             queue delivers it as usual. Needs ``RESEND_API_KEY`` here. See docs/SEND_NOW.md.
-        durable: return only once Redis has the email on disk (``WAITAOF``) or on a replica
-            (``WAIT``), so a crash of the Redis host cannot lose it; default ``EMAIL_DURABLE``.
+        durable: return only once Redis has the email on disk (``appendfsync always``, confirmed
+            with ``WAITAOF``) or on a replica (``WAIT``), so a crash of the Redis host cannot lose
+            it; default ``EMAIL_DURABLE``.
             With ``now``, the durable write comes first, then the claim and the send.
             See docs/RELIABILITY.md.
 

@@ -71,14 +71,14 @@ def persistence(p: Probe) -> tuple[Outcome, Probe]:
         wait = found.wait_command(1000)
     except ConfigurationError:
         fix = (
-            "set `appendonly yes` (Redis 7.2+ or Valkey, or `appendfsync always`) or add a replica; "
-            "see docs/RELIABILITY.md"
+            "set `appendonly yes` with `appendfsync always` (then durable=True / EMAIL_DURABLE=1 works), "
+            "or add a replica; see docs/RELIABILITY.md"
         )
     else:
-        how = f"{wait[0]}" if wait else "the reply"
         fix = (
             f"for email that must not be lost, send with durable=True or set EMAIL_DURABLE=1 (this server "
-            f"confirms with {how}); or set `appendfsync always`; see docs/RELIABILITY.md"
+            f"confirms with {wait[0] if wait else 'the reply'}); or set `appendfsync always`; see "
+            "docs/RELIABILITY.md"
         )
     return ("warn", f"{detail}: a crash of the Redis host can lose {loss}, queued emails included", fix), p
 

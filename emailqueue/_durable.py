@@ -3,21 +3,26 @@ has the write on disk (its AOF fsynced) or on a replica.
 
 Redis acknowledges a write once it is in memory. With ``appendfsync everysec`` the AOF is fsynced
 about once a second, so a host crash (power, kernel, VM gone; not a process kill) loses the writes
-of the last second or two, including enqueues that already returned (docs/RELIABILITY.md). A
+of the last second or so, including enqueues that already returned (docs/RELIABILITY.md). A
 durable enqueue closes that window for the calls that ask for it:
 
-- ``WAITAOF 1 0 <timeout>`` (Redis >= 7.2, Valkey) when the server keeps an AOF: the reply comes
-  once the AOF holding the write is fsynced on the server's disk;
-- nothing more when the AOF is fsynced before every reply (``appendfsync always``): the write is
-  on disk before the enqueue's own reply, on any Redis version;
-- ``WAIT 1 <timeout>`` when the server has no AOF but has replicas: a replica holds the write
-  (in its memory; it survives the primary's host, not a crash of both);
-- a :class:`~emailqueue.ConfigurationError` where none of these can be confirmed (no AOF and no
-  replica, or an AOF ``everysec`` on a Redis without ``WAITAOF``), before anything is written.
+- where the AOF is fsynced before every reply (``appendfsync always``), the enqueue's own reply
+  means "on disk"; ``WAITAOF 1 0`` is pipelined after it where the server has the command (Redis
+  7.2+, Valkey) to confirm the AOF is still on (it returns at once), nothing on older Redis;
+- where the server has replicas and no such AOF, ``WAIT 1 <timeout>``: a replica holds the write
+  (in its memory: it survives the primary's host, not a crash of both);
+- elsewhere a :class:`~emailqueue.ConfigurationError`, before anything is written: no AOF and no
+  replica, or an AOF fsynced ``everysec`` (or ``no``, or a policy CONFIG does not show).
+
+Why not ``WAITAOF`` under ``everysec``, which exists for exactly this? Because the servers at hand
+answer it before the fsync: valkey-server 9.1.2 replied ``[1, 0]`` to ``WAITAOF 1 0`` with the
+``fdatasync`` of the write still ahead (seen with strace, and in the host-crash simulation of
+docs/RELIABILITY.md, where 6 of 9 "confirmed" emails were lost). Redis fixed the same premature
+wake-up in redis/redis#13793 (2025); a server without the fix cannot be told from one with it.
 
 The wait command is pipelined after the enqueue script, so a durable enqueue is still one round
-trip. What the server offers is read once (``INFO persistence``, ``INFO replication``,
-``INFO server``; ``CONFIG GET`` only where it is allowed: Upstash restricts CONFIG) and kept for
+trip. What the server offers is read once (``INFO server``, ``INFO persistence``, ``INFO
+replication``; ``CONFIG GET`` only where it is allowed: Upstash restricts CONFIG) and kept for
 :data:`CAPABILITY_TTL_S`, so a steady stream of durable calls pays for it once a minute.
 """
 
@@ -79,26 +84,31 @@ class Persistence:
         Raises:
             ConfigurationError: this server cannot confirm durability.
         """
-        if self.aof and self.has_waitaof:
-            return ("WAITAOF", 1, 0, timeout_ms)
         if self.aof and self.fsync == "always":
-            return ()
+            return ("WAITAOF", 1, 0, timeout_ms) if self.has_waitaof else ()
         if self.replicas > 0:
             return ("WAIT", 1, timeout_ms)
         raise ConfigurationError(self.refusal())
 
     def refusal(self) -> str:
-        why = (
-            f"{self.server} has no WAITAOF (Redis 7.2+) and fsyncs its AOF '{self.fsync}', "
-            "not before each reply"
-            if self.aof
-            else f"{self.server} keeps no AOF (appendonly no) and has no replica"
-        )
+        if not self.aof:
+            why = f"{self.server} keeps no AOF (appendonly no) and has no replica"
+        elif self.fsync == "unknown":
+            why = (
+                f"{self.server} keeps an AOF but CONFIG is not allowed, so its fsync policy is unknown, "
+                "and it has no replica"
+            )
+        else:
+            why = (
+                f"{self.server} fsyncs its AOF '{self.fsync}', not before each reply, and has no replica "
+                "(WAITAOF is not trusted under everysec: servers without the fix of redis/redis#13793, "
+                "valkey 9.1.2 among them, answer it before the fsync)"
+            )
         return (
             f"durable enqueue (durable=True / EMAIL_DURABLE) cannot be confirmed: {why}, so an email "
-            "could be lost on a crash after the call returned. Fix: on a self-hosted Redis set "
-            "`appendonly yes` (Redis 7.2+ or Valkey for WAITAOF; on older Redis `appendfsync always`) "
-            "or add a replica; or drop durable=True / set EMAIL_DURABLE=0. Nothing was queued."
+            "could be lost on a crash of the Redis host after the call returned. Fix: set "
+            "`appendonly yes` and `appendfsync always` on the server, or add a replica; or drop "
+            "durable=True / set EMAIL_DURABLE=0. Nothing was queued."
         )
 
 

@@ -140,7 +140,7 @@ class Settings(BaseSettings):
     # --- durable enqueue (send_email(durable=True)) ---
     email_durable: bool = Field(
         default=False,
-        description="Every enqueue returns only once Redis has it on disk (WAITAOF) or on a replica (WAIT).",
+        description="Each enqueue returns once Redis has it on disk (AOF, fsync always) or on a replica.",
     )
     email_durable_timeout_s: float = Field(
         default=1.5,

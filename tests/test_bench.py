@@ -62,7 +62,6 @@ GOOD = {
     "durable_trips": 1,
     "default_cmds": 6,
     "default_trips": 1,
-    "durable_everysec_ms": 100.0,
     "default_everysec_ms": 0.5,
     "raw_enqueue_everysec_ms": 0.6,
     "durable_always_ms": 0.6,
