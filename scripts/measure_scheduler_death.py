@@ -86,7 +86,9 @@ def main() -> None:
                 os.kill(pid, signal.SIGKILL)
         worker.wait()
         killed = time.time()
-        print(f"worker killed; retry due {due - killed:.1f} s later; lock TTL {conn.pttl(lock)} ms", flush=True)
+        print(
+            f"worker killed; retry due {due - killed:.1f} s later; lock TTL {conn.pttl(lock)} ms", flush=True
+        )
         while not fake.accepted:
             drain(connection=conn, settings=settings)
             time.sleep(args.drain_every)

@@ -11,10 +11,11 @@ the disk anyway. A host crash loses what was not yet fsynced. The simulation:
 4. restarts the server on those files and counts the acknowledged emails whose job is gone.
 
 What it models and what it doesn't: the server's own fsyncs, exactly (what the disk held at the
-instant of the crash). It assumes an fsync that returned is on the platter (a disk that lies
-about its cache is worse) and that files the server never fsynced (the manifest written at start)
-survived. Writes made after the last fsync are dropped whole; a real crash may keep some of them.
-So it measures the worst case of the fsync policy, not of a particular disk.
+instant of the crash, file by file, followed across renames by inode); a file never fsynced is
+empty. It assumes an fsync that returned is on the platter (a disk that lies about its cache is
+worse), and that renames and directory entries survived. Writes made after the last fsync are
+dropped whole; a real crash may keep some of them (the kernel flushes dirty pages on its own
+within ~30 s). So it measures the worst case of the fsync policy, not of a particular disk.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class CrashResult:
 
     policy: str
     durable: bool
+    waitaof: bool
     acknowledged: int
     lost: int
     fanout_recipients: int
@@ -60,15 +62,25 @@ class CrashResult:
     window_ms: float
 
 
-def _last_fsyncs(log: Path) -> tuple[dict[str, int], int]:
-    sizes: dict[str, int] = {}
+def _last_fsyncs(log: Path) -> tuple[dict[int, int], int]:
+    """inode -> its size at its last completed fsync; and when the last fsync returned (ns)."""
+    sizes: dict[int, int] = {}
     last_ns = 0
     if log.exists():
         for line in log.read_text().splitlines():
-            path, size, ns = line.rsplit(" ", 2)
-            sizes[path] = int(size)
+            _, size, ns, inode = line.rsplit(" ", 3)
+            sizes[int(inode)] = int(size)
             last_ns = max(last_ns, int(ns))
     return sizes, last_ns
+
+
+def crash_disk(data: Path, log: Path) -> int:
+    """Leave every file under ``data`` as its last fsync left it; returns the last fsync's time."""
+    sizes, last_ns = _last_fsyncs(log)
+    for path in data.rglob("*"):
+        if path.is_file() and path.name != "server.log":
+            os.truncate(path, min(sizes.get(path.stat().st_ino, 0), path.stat().st_size))
+    return last_ns
 
 
 def simulate(
@@ -79,9 +91,13 @@ def simulate(
     durable: bool = False,
     duration_s: float = 1.0,
     fanout: int = 0,
+    waitaof: bool = False,
 ) -> CrashResult:
     """Send single emails for ``duration_s`` (then, with ``fanout``, one ``send_event_email`` to
-    that many recipients, the call just before the crash), crash the host, count the losses."""
+    that many recipients, the call just before the crash), crash the host, count the losses.
+    ``waitaof``: follow each default call with ``WAITAOF 1 0 1500`` and count a call as
+    acknowledged only once that returned ``[1, _]`` (what trusting WAITAOF under any policy would
+    give)."""
     CAPABILITIES.clear()
     with tempfile.TemporaryDirectory(prefix="emailqueue-crash-") as tmp:
         data, log = Path(tmp) / "data", Path(tmp) / "fsync.log"
@@ -102,25 +118,25 @@ def simulate(
             acked: list[str] = []
             started = time.monotonic()
             while time.monotonic() - started < duration_s or not acked:
-                acked.append(
-                    send_email(
-                        to=f"u{len(acked)}@example.com", subject="Hi", text="x", connection=conn,
-                        settings=run, durable=durable,
-                    )
+                job_id = send_email(
+                    to=f"u{len(acked)}@example.com", subject="Hi", text="x", connection=conn, settings=run,
+                    durable=durable,
                 )  # fmt: skip
+                if waitaof:
+                    assert conn.execute_command("WAITAOF", 1, 0, 1500)[0] == 1
+                acked.append(job_id)
             elapsed = time.monotonic() - started
             fanned: list[str] = []
             if fanout:
                 people = [f"guest{i}@example.com" for i in range(fanout)]
                 fanned = send_event_email("launch", people, "Hi", text="x", connection=conn, settings=run,
                                           durable=durable)  # fmt: skip
+                if waitaof:
+                    assert conn.execute_command("WAITAOF", 1, 0, 1500)[0] == 1
             crashed_ns = time.monotonic_ns()
             server.kill()
             conn.close()
-            sizes, last_ns = _last_fsyncs(log)
-            for path, size in sizes.items():
-                if Path(path).is_file() and Path(path).is_relative_to(data):
-                    os.truncate(path, size)
+            last_ns = crash_disk(data, log)
             server.restart()
             after = redis.Redis.from_url(server.url)
             lost = sum(not after.exists(f"rq:job:{job_id}") for job_id in acked)
@@ -132,6 +148,7 @@ def simulate(
     return CrashResult(
         policy=policy,
         durable=durable,
+        waitaof=waitaof,
         acknowledged=len(acked),
         lost=lost,
         fanout_recipients=fanout,
