@@ -17,7 +17,7 @@ import redis
 from emailqueue._embedded import EmbeddedRedis
 from emailqueue.testing import FakeResend
 
-from . import _coldstart, _costs, _devidle, _global_limit, _now, _report, _speed, _webhooks
+from . import _coldstart, _costs, _devidle, _durable, _global_limit, _now, _report, _speed, _webhooks
 from ._env import Env, Sample
 from ._report import Row
 
@@ -35,15 +35,16 @@ class Sizes:
     idle_window_s: float  # how long dev's idle CPU is measured
     idle_venv_pip: bool  # the project's virtualenv has pip (about a thousand .py files)
     now_n: int  # immediate emails timed one after another
+    durable_n: int  # durable (and default) enqueues timed one after another, per AOF policy
 
 
 FULL = Sizes(
     reps=5, drain_n=200, fanout_n=1000, throughput_n=48, batch_n=1000, global_n=16, idle_window_s=30,
-    idle_venv_pip=True, now_n=40,
+    idle_venv_pip=True, now_n=40, durable_n=40,
 )  # fmt: skip
 QUICK = Sizes(
     reps=1, drain_n=20, fanout_n=200, throughput_n=16, batch_n=200, global_n=6, idle_window_s=2,
-    idle_venv_pip=False, now_n=10,
+    idle_venv_pip=False, now_n=10, durable_n=5,
 )  # fmt: skip
 
 
@@ -66,6 +67,7 @@ def run(sizes: Sizes) -> tuple[dict[str, list[float]], Env, dict[str, str]]:
         ("send now latency", lambda env: _now.now_latency(env, sizes.now_n)),
         ("dev idle", lambda env: _devidle.idle_sample(sizes.idle_window_s, pip=sizes.idle_venv_pip)),
         ("webhook cost", _webhooks.webhook_cost),
+        ("durable enqueue", lambda env: _durable.durable_cost(env, sizes.durable_n)),
     ]
     spread: dict[str, list[float]] = {}
     with EmbeddedRedis() as server, FakeResend() as fake:
@@ -206,7 +208,15 @@ def rows(m: dict[str, float], sizes: Sizes) -> list[Row]:
         at_most(
             "11c", "Webhook: Redis commands of a retried event (svix-id seen)", None, "webhook_retry_cmds", 2
         ),
-    ]
+        at_most("12a", "Durable send_email: Redis commands (vs default send_email)", "default_cmds",
+                "durable_cmds", m["default_cmds"] + 1),
+        at_most("12b", "Durable send_email: round trips (vs default send_email)", "default_trips",
+                "durable_trips", 1),
+        Row("12c", "Durable send_email (AOF always) vs default send_email (AOF everysec): p50 latency (ms)",
+            m["default_everysec_ms"], m["durable_always_ms"], "informational", True),
+        Row("12d", "Default send_email on AOF always: p50 latency (ms) (vs AOF everysec)",
+            m["default_everysec_ms"], m["default_always_ms"], "informational", True),
+    ]  # fmt: skip
 
 
 def method(sizes: Sizes, details: dict[str, str]) -> list[str]:
@@ -256,6 +266,13 @@ def method(sizes: Sizes, details: dict[str, str]) -> list[str]:
         "Stock RQ has no equivalent: no baseline. Issue 14's budget: at most 5 commands per event; "
         "the idle cron stays at row 4a's 3. Rows 2a and 9a include the suppression check (one HMGET "
         "inside the enqueue script) and 9a the sent record (3 commands in the ack's pipeline).",
+        f"12: `send_email(durable=True)` vs `send_email()` on valkey-servers of its own with `appendonly "
+        "yes`, warm (the capability read and the script load done once before). A durable call needs "
+        "`appendfsync always` (under `everysec` it is refused: WAITAOF answers before the fsync there); "
+        "commands and round trips of one call on `always`; p50 wall time of "
+        f"{sizes.durable_n} calls one after another: the durable call on `always` against the default "
+        "call on `everysec` (what most servers run) and on `always`. A stock `Queue.enqueue` is timed on "
+        "both servers for reference (Details). A real disk's fsync time decides these latencies.",
     ]
 
 

@@ -50,6 +50,7 @@ def send_email(
     settings: Settings | None = None,
     now: bool = False,
     allow_suppressed: bool = False,
+    durable: bool | None = None,
     **fields: Any,
 ) -> str:
     """Validate one email and queue it for delivery. Returns the RQ job id.
@@ -69,6 +70,11 @@ def send_email(
             queue delivers it as usual. Needs ``RESEND_API_KEY`` here. See docs/SEND_NOW.md.
         allow_suppressed: queue it even if a recipient is on the suppression list (Resend will
             still skip that recipient unless it was removed from Resend's list meanwhile).
+        durable: return only once Redis has the email on disk (``appendfsync always``, confirmed
+            with ``WAITAOF``) or on a replica (``WAIT``), so a crash of the Redis host cannot lose
+            it; default ``EMAIL_DURABLE``.
+            With ``now``, the durable write comes first, then the claim and the send.
+            See docs/RELIABILITY.md.
 
     Returns:
         The job id. Delivery uses an Idempotency-Key derived from it on every attempt.
@@ -77,8 +83,11 @@ def send_email(
         InvalidEmailError: the message is invalid; every problem is listed and nothing is queued.
         SuppressedAddressError: a recipient (to, cc, bcc) is on the suppression list mirrored
             from Resend; the error names its origin (bounce, complaint, manual). Nothing is queued.
-        ConfigurationError: no Redis URL, or an invalid setting (with ``now``: no Resend key).
-        QueueError: Redis could not be reached after bounded retries.
+        ConfigurationError: no Redis URL, or an invalid setting (with ``now``: no Resend key;
+            with ``durable``: a server that cannot confirm a write on disk or on a replica,
+            before anything is written).
+        QueueError: Redis could not be reached after bounded retries (with ``durable``: or did
+            not confirm the write within ``EMAIL_DURABLE_TIMEOUT_S``; the email is queued).
     """
     if message is not None and fields:
         raise TypeError("pass either an EmailMessage or keyword fields, not both")
@@ -101,14 +110,37 @@ def send_email(
     if not allow_suppressed:
         recipients = [*email.to, *(email.cc or []), *(email.bcc or [])]
         job = replace(job, checks=address_digests(recipients), recipients=tuple(recipients))
-    if now:
+    settings = _with_durable(settings, durable)
+    if now and not settings.email_durable:
         from . import _now  # imported on first use: an app that only queues never pays for it
 
         return _now.send_now(q, job, settings)
-    written = write_jobs(q.connection, q, [job], settings.email_dedup_ttl_s)  # taken: already queued
+    if now:
+        from ._now_attempt import now_client
+
+        now_client(settings)  # without a Resend key, fail before anything is written
+    # A taken key: already queued. Durable: confirmed on disk or on a replica before it returns.
+    written = write_jobs(
+        q.connection, q, [job], settings.email_dedup_ttl_s, durable_timeout=_durable_timeout(settings)
+    )
     if written.suppressed:
         raise suppressed_error(job, written.suppressed)
+    if now:  # durable first, then claimed from the queue and sent from here
+        from . import _now
+
+        return _now.send_queued_now(q, [job.job_id], settings)[0]
     return job.job_id
+
+
+def _with_durable(settings: Settings, durable: bool | None) -> Settings:
+    """``durable=`` overrides ``EMAIL_DURABLE`` for one call."""
+    if durable is None or durable == settings.email_durable:
+        return settings
+    return settings.model_copy(update={"email_durable": bool(durable)})
+
+
+def _durable_timeout(settings: Settings) -> float | None:
+    return settings.email_durable_timeout_s if settings.email_durable else None
 
 
 def send_event_email(
@@ -123,6 +155,7 @@ def send_event_email(
     settings: Settings | None = None,
     now: bool = False,
     allow_suppressed: bool = False,
+    durable: bool | None = None,
     **fields: Any,
 ) -> QueuedJobs:
     """Queue one personal email per recipient of an event (no recipient sees another).
@@ -139,6 +172,8 @@ def send_event_email(
             fan-outs only: at most 100 recipients (one batch request).
         allow_suppressed: also queue recipients on the suppression list mirrored from Resend
             (by default they are left out, and counted in the result's ``suppressed``).
+        durable: as for :func:`send_email`: every write of the call is confirmed on disk or on
+            a replica before it returns (and before the immediate sends, with ``now``).
         **fields: other :class:`EmailMessage` fields (``from_``, ``reply_to``, ``tags``, ...).
 
     Returns:
@@ -152,7 +187,7 @@ def send_event_email(
         InvalidEmailError: any recipient or field is invalid; nothing is queued for anyone.
         ConfigurationError, QueueError: as for :func:`send_email`.
     """
-    settings = settings or load_settings()
+    settings = _with_durable(settings or load_settings(), durable)
     limit = MAX_NOW_RECIPIENTS if now else MAX_EVENT_RECIPIENTS
     unique, template = _event_message(event_id, recipients, subject, html, text, fields, settings, limit)
     if now:
@@ -285,7 +320,14 @@ def _write_round(
     atomic. Appends what it queued to ``queued``; returns (markers taken by another call, the
     recipients still pending)."""
     for group in _write_groups(jobs):
-        result = write_jobs(q.connection, q, group, settings.email_dedup_ttl_s, token)
+        result = write_jobs(
+            q.connection,
+            q,
+            group,
+            settings.email_dedup_ttl_s,
+            token,
+            durable_timeout=_durable_timeout(settings),
+        )
         if result.suppressed:
             hits.update(result.suppressed)  # nothing of this group was written
             return {}, pending

@@ -1,6 +1,7 @@
 """The server half of ``emailqueue check``, after a connection is made: latency, server version,
-the permissions RQ needs (Lua, CLIENT) and an RQ round trip that leaves no keys. Steps in the
-shape of :mod:`emailqueue._check_redis`: a :class:`Probe` in, an outcome and a probe out.
+what the server persists (so what a crash of its host can lose), the permissions RQ needs (Lua,
+CLIENT) and an RQ round trip that leaves no keys. Steps in the shape of
+:mod:`emailqueue._check_redis`: a :class:`Probe` in, an outcome and a probe out.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from ._check_redis import CONNECTION_STEPS, PROBE_FUNC_PATH, PROBE_PREFIX, Outcome, Probe, Step, StepFailed
+from ._durable import read_persistence
+from ._exceptions import ConfigurationError
 
 _PING_COUNT = 5
 _SLOW_PING_MS = 100.0
@@ -47,6 +50,37 @@ def server(p: Probe) -> tuple[Outcome, Probe]:
     name = "valkey" if "valkey_version" in info else str(info.get("server_name") or "redis")
     version = info.get("valkey_version") or info.get("redis_version") or "unknown"
     return ("ok", f"{name} {version} (redis_version {info.get('redis_version', '?')})", ""), p
+
+
+def persistence(p: Probe) -> tuple[Outcome, Probe]:
+    """What survives a crash of the Redis host: AOF and its fsync policy, RDB, replicas. Read
+    with INFO (CONFIG, which Upstash restricts, only where allowed). Warns when an accepted
+    email can be lost, and says what closes the gap."""
+    try:
+        found = read_persistence(p.conn)
+    except redis.ResponseError as exc:
+        fix = "allow INFO for this Redis user to see what survives a crash"
+        return ("warn", f"INFO persistence/replication is not allowed: {exc}", fix), p
+    aof = f"AOF on (appendfsync {found.fsync})" if found.aof else "AOF off"
+    rdb = "RDB unknown" if found.rdb == "unknown" else (f"RDB save '{found.rdb}'" if found.rdb else "RDB off")
+    detail = f"{aof}, {rdb}, {found.replicas} replica(s) (role {found.role})"
+    loss = found.loss_on_crash()
+    if not loss:
+        return ("ok", detail + ": every acknowledged write is on disk", ""), p
+    try:
+        wait = found.wait_command(1000)
+    except ConfigurationError:
+        fix = (
+            "set `appendonly yes` with `appendfsync always` (then durable=True / EMAIL_DURABLE=1 works), "
+            "or add a replica; see docs/RELIABILITY.md"
+        )
+    else:
+        fix = (
+            f"for email that must not be lost, send with durable=True or set EMAIL_DURABLE=1 (this server "
+            f"confirms with {wait[0] if wait else 'the reply'}); or set `appendfsync always`; see "
+            "docs/RELIABILITY.md"
+        )
+    return ("warn", f"{detail}: a crash of the Redis host can lose {loss}, queued emails included", fix), p
 
 
 def lua(p: Probe) -> tuple[Outcome, Probe]:
@@ -148,6 +182,6 @@ def _keys_matching(conn: redis.Redis, token: str) -> tuple[set[str], bool]:
 
 #: Every Redis step of ``emailqueue check``, in order.
 REDIS_STEPS: tuple[tuple[str, Step], ...] = (
-    *CONNECTION_STEPS, ("ping", ping), ("server", server), ("eval", lua),
+    *CONNECTION_STEPS, ("ping", ping), ("server", server), ("durability", persistence), ("eval", lua),
     ("client", client_commands), ("round_trip", round_trip),
 )  # fmt: skip

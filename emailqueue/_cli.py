@@ -172,6 +172,11 @@ def _cmd_status(args: argparse.Namespace, out: IO[str]) -> int:
         + "\n"
     )
     out.write(f"workers: {len(status.get('workers', []))}\n")
+    if status.get("orphans_removed") or status.get("orphans_requeued"):
+        out.write(
+            f"orphan job hashes swept (no registry, no TTL): {status['orphans_removed']} deleted, "
+            f"{status['orphans_requeued']} requeued\n"
+        )
     _write_failed(status.get("recent_failed", []), out)
     return 0
 

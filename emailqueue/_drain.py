@@ -48,6 +48,10 @@ ABANDON_GRACE_S = 30
 INTERMEDIATE_GRACE_S = 120
 #: How many due retries or abandoned jobs one step moves at most.
 STEP_LIMIT = 1000
+#: The orphan sweep: at most one step per this many seconds, on runs that did work (so an idle
+#: run stays at its 3 commands), each looking at this many keys.
+ORPHAN_SWEEP_EVERY_S = 600
+ORPHAN_SWEEP_COUNT = 200
 
 
 @dataclass
@@ -63,6 +67,7 @@ class DrainReport:
     stopped: Stopped = "empty"
     promoted: int = 0
     recovered: int = 0
+    orphans: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -173,6 +178,8 @@ class _Run:
                     self.settings.concurrency, thread_name_prefix="emailqueue-send"
                 ) as pool:
                     self._work(pool)
+                orphans = self.store.sweep_orphans(count=ORPHAN_SWEEP_COUNT, every_s=ORPHAN_SWEEP_EVERY_S)
+                report.orphans = orphans.removed + orphans.requeued
                 report.remaining = int(self.conn.llen(keys.queue))
         report.duration_ms = int((self.clock() - self.started) * 1000)
         log.info("drain: %s", report.to_dict())

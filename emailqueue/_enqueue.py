@@ -34,6 +34,7 @@ from ._constants import (
     RANDOM_JOB_PREFIX,
     SUPPRESSED_KEY,
 )
+from ._durable import check_confirmed, durable_wait
 from ._exceptions import SuppressedAddressError
 from ._keys import QueueKeys
 from ._message import EmailMessage
@@ -154,24 +155,43 @@ def write_jobs(
     jobs: Sequence[PreparedJob],
     dedup_ttl: int,
     token: str = "",
+    *,
+    durable_timeout: float | None = None,
 ) -> WriteResult:
     """Write ``jobs`` atomically in one round trip, unless one of their markers is taken, or one
     of the recipients in their ``checks`` is suppressed (:mod:`._suppress`), in that same trip.
 
     ``token`` identifies the calling ``send_*`` call: markers it finds set to its own token were
     set by an earlier attempt of the same call (a request redis-py retried after losing the reply).
+    With ``durable_timeout`` (seconds), return only once the write is on disk or on a replica
+    (see :mod:`._durable`), still in one round trip.
+
+    Raises:
+        ConfigurationError: durable, and the server cannot confirm it; nothing was written.
+        QueueError: Redis failed, or (durable) did not confirm the write in time.
     """
     if not jobs:
         return WriteResult([], {})
+    rows = [(Job.key_for(job.job_id), job.job_id, job.guards, job.mapping) for job in jobs]
+    scripts = Scripts(connection, QueueKeys.of(queue))
+    token = token or uuid.uuid4().hex
     with redis_errors("enqueue", connection):
-        ok, values = Scripts(connection, QueueKeys.of(queue)).enqueue(
-            jobs=[(Job.key_for(job.job_id), job.job_id, job.guards, job.mapping) for job in jobs],
+        wait = durable_wait(connection, durable_timeout) if durable_timeout is not None else ()
+        checks = tuple(dict.fromkeys(c for job in jobs for c in job.checks))
+        common: dict[str, Any] = dict(
+            jobs=rows,
             dedup_ttl=dedup_ttl,
-            token=token or uuid.uuid4().hex,
+            token=token,
             queues_key=queue.redis_queues_keys,
             suppression_key=SUPPRESSED_KEY,
-            checks=tuple(dict.fromkeys(c for job in jobs for c in job.checks)),
+            checks=checks,
         )
+        if wait:
+            ok, values, reply = scripts.enqueue_then(then=wait, **common)
+        else:
+            ok, values = scripts.enqueue(**common)
+    if wait:
+        check_confirmed(wait, reply, values if ok == 1 else [], durable_timeout or 0.0)
     if ok == 1:
         return WriteResult(values, {})
     pairs = dict(zip(values[::2], values[1::2], strict=True))

@@ -19,8 +19,9 @@ class QueueKeys:
     """``queue``: the job-id list; ``intermediate``: where RQ 3's worker parks a job it dequeues;
     ``started`` (``rq:wip:<q>``), ``scheduled`` and ``failed``:
     RQ's registries; ``lock``: RQ's scheduler lock; ``workers``: the workers on the queue;
-    ``intermediate_seen``: when a drain first saw each id there; ``job_prefix``: prepend to a job
-    id for its hash."""
+    ``intermediate_seen``: when a drain first saw each id there; ``orphans`` / ``orphans_gate``: the
+    orphan sweep's cursor and counts, and the key that spaces its runs; ``job_prefix``: prepend
+    to a job id for its hash."""
 
     name: str
     queue: str
@@ -32,6 +33,8 @@ class QueueKeys:
     lock: str
     workers: str
     job_prefix: str
+    orphans: str
+    orphans_gate: str
 
     @classmethod
     def of(cls, queue: Queue) -> QueueKeys:
@@ -46,4 +49,6 @@ class QueueKeys:
             lock=RQScheduler.get_locking_key(queue.name),
             workers=WORKERS_BY_QUEUE_KEY % queue.name,
             job_prefix=Job.key_for(""),
+            orphans=f"{KEY_PREFIX}orphans:{queue.name}",
+            orphans_gate=f"{KEY_PREFIX}orphans-gate:{queue.name}",
         )

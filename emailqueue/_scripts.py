@@ -133,10 +133,25 @@ end
 return out
 """
 
-#: Move due retries back to the queue, unless an RQ scheduler holds the lock: then it is doing
-#: exactly this, and doing it too could push a job twice. Returns -1 if a scheduler holds it.
+#: RQ 3's scheduler sets its lock (``rq:scheduler-lock:<queue>``, valued with the scheduler's name)
+#: to expire in ``interval + 60`` s and refreshes it every ``interval`` s (1 by default) from its
+#: heartbeat. So a live scheduler's lock never has less than about 60 s left; one with less has
+#: missed its refreshes: its owner is dead (SIGKILL, its VM gone) or frozen.
+SCHEDULER_LOCK_FLOOR_S: Final = 60
+#: How long a scheduler lock may go unrefreshed before the drain takes its owner for dead and
+#: promotes due retries itself (instead of waiting out the lock's 61 s). A live scheduler that
+#: was merely frozen this long and wakes mid-step could push a job the drain promoted once more;
+#: a duplicate push is harmless to the drain (CLAIM skips a job that is not ``queued``), and a VM
+#: worker re-running it sends with the same Idempotency-Key.
+SCHEDULER_STALE_S: Final = 10
+
+#: Move due retries back to the queue, unless a live RQ scheduler holds the lock: then it is doing
+#: exactly this, and doing it too could push a job twice. A lock whose TTL has run down below
+#: ARGV[4] ms was not refreshed for a while: its owner is gone, so the drain promotes. Each due
+#: id is moved by ZREM first, so two drains never push the same retry. Returns -1 if a live
+#: scheduler holds the lock.
 _PROMOTE = """
-if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
+if redis.call('PTTL', KEYS[3]) > tonumber(ARGV[4]) then return -1 end
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
 for _, id in ipairs(ids) do
   redis.call('ZREM', KEYS[1], id)
@@ -313,6 +328,71 @@ return {requeued, missing, delivered}
 """
 
 
+#: Sweep orphan job hashes: ``rq:job:*`` hashes of this queue with no TTL that no list or registry
+#: holds. Nothing live looks like that: every writer (ours and RQ's) moves a job between lists and
+#: registries in one atomic step. A late write does: a stalled connection delivering RQ's
+#: ``job.save`` or status ``HSET`` after the job was acked (deleted) recreates the hash, and it
+#: never expires. Bounded and rare: at most once per ARGV[3] s (the gate key), one SCAN step of
+#: ARGV[2] keys, resumed where the last one stopped. An orphan that still holds an email nobody
+#: accepted (data, status queued or scheduled, no acceptance record) goes back on the queue (its
+#: Idempotency-Key makes a resend of one that was sent a no-op within Resend's 24 h window);
+#: any other (a fragment with no data, an accepted, finished or failed job) is deleted. Started
+#: jobs are left to the started registry. Jobs of other queues are never touched.
+#: KEYS: sweep state (cursor, counts), gate, queue, intermediate, scheduled, failed, rq:queues.
+#: ARGV: job key prefix, SCAN count, gate seconds, accepted field, queue name.
+#: Returns {-1, 0, 0} when gated, else {keys scanned, removed, requeued}.
+_ORPHANS = """
+if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', tonumber(ARGV[3])) then return {-1, 0, 0} end
+local scan = redis.call('SCAN', redis.call('HGET', KEYS[1], 'cursor') or '0', 'MATCH', ARGV[1] .. '*',
+  'COUNT', tonumber(ARGV[2]))
+local removed, requeued = 0, 0
+for _, key in ipairs(scan[2]) do
+  if redis.call('TTL', key) == -1 and redis.call('TYPE', key)['ok'] == 'hash' then
+    local f = redis.call('HMGET', key, 'status', 'origin', 'data', ARGV[4])
+    local id = string.sub(key, #ARGV[1] + 1)
+    local ours = f[2] == ARGV[5] or (not f[2] and not f[3])
+    local listed = true
+    if not ours or f[1] == 'started' then
+      listed = true
+    elseif f[1] == 'queued' then
+      listed = redis.call('LPOS', KEYS[3], id) or redis.call('LPOS', KEYS[4], id)
+    elseif f[1] == 'scheduled' then
+      listed = redis.call('ZSCORE', KEYS[5], id)
+    elseif f[1] == 'failed' then
+      listed = redis.call('ZSCORE', KEYS[6], id)
+    else
+      listed = false
+    end
+    if not listed then
+      if f[3] and not f[4] and (f[1] == 'queued' or f[1] == 'scheduled') then
+        redis.call('HSET', key, 'status', 'queued')
+        redis.call('RPUSH', KEYS[3], id)
+        redis.call('SADD', KEYS[7], KEYS[3])
+        requeued = requeued + 1
+      else
+        redis.call('DEL', key)
+        removed = removed + 1
+      end
+    end
+  end
+end
+redis.call('HSET', KEYS[1], 'cursor', scan[1])
+if removed > 0 then redis.call('HINCRBY', KEYS[1], 'removed', removed) end
+if requeued > 0 then redis.call('HINCRBY', KEYS[1], 'requeued', requeued) end
+return {#scan[2], removed, requeued}
+"""
+
+
+@dataclass(frozen=True)
+class Orphans:
+    """What one orphan sweep did: keys scanned (-1: not this run, the gate was set), orphans
+    deleted, orphans put back on the queue."""
+
+    scanned: int
+    removed: int
+    requeued: int
+
+
 @dataclass(frozen=True)
 class Claimed:
     """A job a drain claimed: its id, its started-registry member, its hash's data and meta, and
@@ -332,6 +412,20 @@ class Recovered:
     requeued: list[str]
     exhausted: list[tuple[str, str]]
     done: list[str]
+
+
+def _enqueue_args(
+    jobs: list[tuple[str, str, tuple[str, ...], dict[str, Any]]],
+    dedup_ttl: int,
+    token: str,
+    checks: tuple[str, ...] = (),
+) -> list[Any]:
+    args: list[Any] = [dedup_ttl, token, len(checks), *checks]
+    for key, job_id, guards, mapping in jobs:
+        args += [key, job_id, len(guards), *guards, len(mapping)]
+        for field, value in mapping.items():
+            args += [field, value]
+    return args
 
 
 def _text(value: Any) -> str:
@@ -360,15 +454,45 @@ class Scripts:
         """Write ``jobs`` ((key, id, guards, hash mapping) each) unless a guard is taken or an
         address digest of ``checks`` is in the suppression mirror at ``suppression_key``.
         Returns (1, ids written), (0, [guard, holder token, ...]) or (2, [digest, entry, ...])."""
-        args: list[Any] = [dedup_ttl, token, len(checks), *checks]
-        for key, job_id, guards, mapping in jobs:
-            args += [key, job_id, len(guards), *guards, len(mapping)]
-            for field, value in mapping.items():
-                args += [field, value]
+        args = _enqueue_args(jobs, dedup_ttl, token, checks)
         k = self.keys
         keys = [k.queue, queues_key, k.failed, suppression_key or k.queue]
         ok, items = self._run(_ENQUEUE, keys, args)
         return int(ok), [_text(v) for v in items]
+
+    def enqueue_then(
+        self,
+        *,
+        jobs: list[tuple[str, str, tuple[str, ...], dict[str, Any]]],
+        dedup_ttl: int,
+        token: str,
+        queues_key: str,
+        then: tuple[Any, ...],
+        suppression_key: str = "",
+        checks: tuple[str, ...] = (),
+    ) -> tuple[int, list[str], Any]:
+        """:meth:`enqueue`, with the command ``then`` (``WAITAOF``, ``WAIT``) pipelined after it:
+        one round trip. Returns what :meth:`enqueue` does, plus ``then``'s reply (an exception
+        object if it failed). A server that has not cached the script yet costs one retry."""
+        args = _enqueue_args(jobs, dedup_ttl, token, checks)
+        k = self.keys
+        keys = [k.queue, queues_key, k.failed, suppression_key or k.queue]
+        sha = self.conn.register_script(_ENQUEUE).sha
+        for by_sha in (True, False):
+            with self.conn.pipeline(transaction=False) as pipe:
+                if by_sha:
+                    pipe.evalsha(sha, len(keys), *keys, *args)
+                else:
+                    pipe.eval(_ENQUEUE, len(keys), *keys, *args)
+                pipe.execute_command(*then)  # type: ignore[no-untyped-call]
+                written, reply = pipe.execute(raise_on_error=False)
+            if by_sha and isinstance(written, redis.exceptions.NoScriptError):
+                continue  # nothing ran; ``then`` waited for nothing
+            if isinstance(written, Exception):
+                raise written
+            break
+        ok, items = written
+        return int(ok), [_text(v) for v in items], reply
 
     def claim(
         self, *, n: int, now: float, execution_prefix: str, worker: str, started_at: str, grace: int
@@ -384,10 +508,13 @@ class Scripts:
             args += [row.job_id, row.member]
         self._run(_UNCLAIM, [self.keys.queue, self.keys.started], args)
 
-    def promote(self, *, now: float, limit: int) -> int:
-        """Due retries moved to the queue; 0 when an RQ scheduler holds the lock."""
+    def promote(self, *, now: float, limit: int, stale_s: float = SCHEDULER_STALE_S) -> int:
+        """Due retries moved to the queue; 0 when a live RQ scheduler holds the lock (one
+        refreshed within the last ``stale_s`` seconds)."""
         k = self.keys
-        return max(int(self._run(_PROMOTE, [k.scheduled, k.queue, k.lock], [now, k.job_prefix, limit])), 0)
+        live_ms = int((SCHEDULER_LOCK_FLOOR_S - stale_s) * 1000)
+        moved = self._run(_PROMOTE, [k.scheduled, k.queue, k.lock], [now, k.job_prefix, limit, live_ms])
+        return max(int(moved), 0)
 
     def recover(self, *, now: float, limit: int, lease: int) -> Recovered:
         k = self.keys
@@ -403,6 +530,13 @@ class Scripts:
         k = self.keys
         moved = self._run(_SWEEP, [k.intermediate, k.queue, k.intermediate_seen], [now, grace, k.job_prefix])
         return [_text(i) for i in moved]
+
+    def sweep_orphans(self, *, count: int, every_s: int, queues_key: str) -> Orphans:
+        k = self.keys
+        keys = [k.orphans, k.orphans_gate, k.queue, k.intermediate, k.scheduled, k.failed, queues_key]
+        args = [k.job_prefix, count, every_s, ACCEPTED_FIELD, k.name]
+        scanned, removed, requeued = self._run(_ORPHANS, keys, args)
+        return Orphans(int(scanned), int(removed), int(requeued))
 
     def accept(self, *, job_id: str, record: str, worker_name: str) -> bool:
         keys = [self.keys.job_prefix + job_id, EXECUTIONS_PREFIX + job_id]

@@ -137,6 +137,18 @@ class Settings(BaseSettings):
         description="Longest wait of an immediate send for a RESEND_RATE_LIMIT slot; else queued.",
     )
 
+    # --- durable enqueue (send_email(durable=True)) ---
+    email_durable: bool = Field(
+        default=False,
+        description="Each enqueue returns once Redis has it on disk (AOF, fsync always) or on a replica.",
+    )
+    email_durable_timeout_s: float = Field(
+        default=1.5,
+        gt=0,
+        le=30,
+        description="Longest wait for a durable enqueue's confirmation (under the socket timeout).",
+    )
+
     # --- serverless drain and the HTTP API ---
     cron_secret: SecretStr | None = Field(default=None, description="Bearer token Vercel Cron sends.")
     queue_admin_token: SecretStr | None = Field(default=None, description="Bearer token of /api/admin/*.")

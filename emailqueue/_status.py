@@ -59,6 +59,10 @@ class QueueStatus:
     oldest_queued_age_s: float | None
     workers: list[WorkerInfo]
     recent_failed: list[FailedJob]
+    #: Job hashes the drains' orphan sweep found in no registry and with no TTL (left by a late
+    #: write after the job was done), since the queue began: deleted, and put back on the queue.
+    orphans_removed: int = 0
+    orphans_requeued: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,14 +139,17 @@ def _counts(
     pipe.zcount(keys.failed, now, "+inf")
     pipe.lindex(keys.queue, 0)
     pipe.smembers(keys.workers)
+    pipe.hmget(keys.orphans, "removed", "requeued")
     if limit:
         pipe.zrevrangebyscore(keys.failed, "+inf", now, start=0, num=limit)
-    queued, started, scheduled, failed, oldest, worker_keys, *rest = pipe.execute()
+    queued, started, scheduled, failed, oldest, worker_keys, orphans, *rest = pipe.execute()
     counts = {
         "queued": int(queued),
         "started": int(started),
         "scheduled": int(scheduled),
         "failed": int(failed),
+        "orphans_removed": int(orphans[0] or 0),
+        "orphans_requeued": int(orphans[1] or 0),
     }
     failed_ids = [text_of(v) for v in (rest[0] if rest else [])]
     return counts, oldest, failed_ids, sorted(text_of(v) for v in worker_keys)

@@ -11,6 +11,7 @@
 | fail      | -> failed, the one :data:`FAIL` script    | drain, recovery, rejected, bad   |
 | recover   | abandoned execution -> queued or failed   | the drain                        |
 | requeue   | failed -> queued (accepted: -> gone)      | admin API and CLI                |
+| orphans   | a hash in no registry, no TTL -> gone/queued | the drain, on runs that did work |
 +-----------+-------------------------------------------+----------------------------------+
 
 **An email Resend accepted is never failed nor sent again.** RQ's success handling of a job
@@ -47,12 +48,12 @@ from ._failure import failure_record, meta_with, requeue_record
 from ._keys import QueueKeys
 from ._payload import Payload, idempotency_key_for
 from ._retry import apply_failure_policy
-from ._scripts import ACCEPTED_FIELD, Claimed, Recovered, Scripts
+from ._scripts import ACCEPTED_FIELD, Claimed, Orphans, Recovered, Scripts
 from ._settings import Settings
 
 log = logging.getLogger("emailqueue")
 
-__all__ = ["Claimed", "JobStore", "Recovered"]
+__all__ = ["Claimed", "JobStore", "Orphans", "Recovered"]
 
 
 def _stamp(t: float) -> str:
@@ -203,7 +204,8 @@ class JobStore:
 
     # --- recovery ---
     def promote(self, *, now: float, limit: int) -> int:
-        """Move due retries back to the queue (unless an RQ scheduler is doing it)."""
+        """Move due retries back to the queue (unless a live RQ scheduler is doing it: one whose
+        lock was refreshed within ``_scripts.SCHEDULER_STALE_S``; a dead one's is ignored)."""
         return self.scripts.promote(now=now, limit=limit)
 
     def sweep(self, *, now: float, grace: int) -> list[str]:
@@ -230,6 +232,19 @@ class JobStore:
                 len(recovered.requeued),
             )
         return recovered
+
+    def sweep_orphans(self, *, count: int, every_s: int) -> Orphans:
+        """At most once per ``every_s`` seconds (whichever drain comes first), one bounded step of
+        the orphan sweep (see ``_scripts._ORPHANS``): job hashes of this queue with no TTL that no
+        list or registry holds are deleted, or requeued if they hold an email nobody accepted."""
+        found = self.scripts.sweep_orphans(count=count, every_s=every_s, queues_key=Queue.redis_queues_keys)
+        if found.removed or found.requeued:
+            log.warning(
+                "orphan sweep: %d job hash(es) in no registry and with no TTL deleted, %d requeued",
+                found.removed,
+                found.requeued,
+            )
+        return found
 
     # --- repair ---
     def requeue(self, job_ids: list[str], *, enqueued_at: str) -> tuple[list[str], list[str], list[str]]:

@@ -20,6 +20,7 @@ KEYS = ["1a", "1b", "2a", "2b", "3a", "3b", "4a", "4b", "5", "6a", "6b", "7a", "
 KEYS += ["9a", "9b", "9c", "9d"]
 KEYS += ["10"]
 KEYS += ["11a", "11b", "11c"]
+KEYS += ["12a", "12b", "12c", "12d"]
 NUMBER = r"-?\d+(?:\.\d+)?"
 
 #: Medians that meet every target, for judging the verdicts without running anything.
@@ -58,6 +59,15 @@ GOOD = {
     "now_trips": 2,
     "raw_now_cmds": 60,
     "raw_now_trips": 30,
+    "durable_cmds": 7,
+    "durable_trips": 1,
+    "default_cmds": 6,
+    "default_trips": 1,
+    "default_everysec_ms": 0.5,
+    "raw_enqueue_everysec_ms": 0.6,
+    "durable_always_ms": 0.6,
+    "default_always_ms": 0.5,
+    "raw_enqueue_always_ms": 0.7,
     "now_p50_ms": 60.0,
     "now_p95_ms": 70.0,
     "cron_mean_ms": 30_000.0,
@@ -151,6 +161,8 @@ def test_every_target_passes_on_figures_that_meet_it() -> None:
         ("webhook_cmds", 6, "11a"),  # issue 14: at most 5 per webhook event
         ("webhook_trips", 2, "11b"),
         ("webhook_retry_cmds", 3, "11c"),
+        ("durable_cmds", 8, "12a"),  # more than WAITAOF on top of the default enqueue
+        ("durable_trips", 2, "12b"),
     ],
 )
 def test_a_figure_that_misses_its_target_fails_that_row_only(figure: str, value: float, key: str) -> None:

@@ -27,7 +27,19 @@ from emailqueue.testing import FakeResend
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "test_queue_connection.py"
-REDIS_STEPS = ["url", "dns", "tcp", "tls", "auth", "ping", "server", "eval", "client", "round_trip"]
+REDIS_STEPS = [
+    "url",
+    "dns",
+    "tcp",
+    "tls",
+    "auth",
+    "ping",
+    "server",
+    "durability",
+    "eval",
+    "client",
+    "round_trip",
+]
 # Every variable the check or the settings read: the caller's environment must not leak in.
 ENV_VARS = {"QUEUE_REDIS_CA_CERT", *REDIS_URL_VARIABLES, *(name.upper() for name in Settings.model_fields)}
 GOOD_KEY = "re_AbCd1234_EfGhIjKlMnOpQrStUvWxYz0123"
@@ -45,7 +57,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[EmbeddedRedis]:
-    with EmbeddedRedis() as srv:
+    """A good server: it also fsyncs every write before replying, so no step warns."""
+    with EmbeddedRedis(appendonly=True, extra_args=["--appendfsync", "always"]) as srv:
         yield srv
 
 
@@ -216,7 +229,9 @@ def test_a_unix_socket_url_skips_the_network_steps(tmp_path: Path) -> None:
         assert srv.is_running()
     assert [results[n].status for n in ("dns", "tcp", "tls")] == ["ok"] * 3
     assert results["tcp"].detail == "not needed for a unix socket"
-    assert all(results[n].status == "ok" for n in REDIS_STEPS), results
+    # Every step passes; durability warns (this server keeps no AOF), as on any such server.
+    assert all(results[n].status == "ok" for n in REDIS_STEPS if n != "durability"), results
+    assert results["durability"].status == "warn"
 
 
 def test_an_unresolvable_host_fails_dns_and_skips_the_rest(capsys: pytest.CaptureFixture[str]) -> None:
@@ -469,3 +484,37 @@ def test_checker_modules_import_no_private_names() -> None:
             if isinstance(node, ast.ImportFrom) and node.module != "__future__":
                 private = [a.name for a in node.names if a.name.startswith("_")]
                 assert not private, f"{name} imports private {private} from {node.module}"
+
+
+def test_durability_warns_that_a_server_without_persistence_loses_everything_on_a_crash() -> None:
+    with EmbeddedRedis() as srv:
+        results = by_name(run_checks(url=srv.url, source="--url"))
+    step = results["durability"]
+    assert step.status == "warn"
+    assert "AOF off" in step.detail and "0 replica(s)" in step.detail and "lose everything" in step.detail
+    assert "appendonly yes" in step.fix
+
+
+@pytest.mark.parametrize(
+    ("fsync", "status", "says"),
+    [("everysec", "warn", "last 1-2 s"), ("always", "ok", "every acknowledged write is on disk")],
+)
+def test_durability_reports_the_aof_policy_and_what_closes_the_gap(
+    fsync: str, status: str, says: str
+) -> None:
+    with EmbeddedRedis(appendonly=True, extra_args=["--appendfsync", fsync]) as srv:
+        step = by_name(run_checks(url=srv.url, source="--url"))["durability"]
+    assert step.status == status
+    assert f"AOF on (appendfsync {fsync})" in step.detail and says in step.detail
+    if status == "warn":  # durable=True is refused under everysec: the fix is the fsync policy
+        assert "appendfsync always" in step.fix and "EMAIL_DURABLE=1" in step.fix
+
+
+def test_durability_without_config_access_still_reads_info(tmp_path: Path) -> None:
+    """Upstash restricts CONFIG: the step reads INFO and says the fsync policy is unknown."""
+    aclfile = tmp_path / "users.acl"
+    aclfile.write_text("user default on nopass ~* &* +@all -config\n")
+    with EmbeddedRedis(appendonly=True, aclfile=aclfile) as srv:
+        step = by_name(run_checks(url=srv.url, source="--url"))["durability"]
+    assert step.status == "warn"
+    assert "appendfsync unknown" in step.detail and "RDB unknown" in step.detail

@@ -351,3 +351,18 @@ def test_suppressions_sync_list_and_remove(
     assert "ada@example.com" not in fake_resend.suppressions
     code, out = run("send", "--to", "ada@example.com", "--subject", "Hi", "--text", "x")
     assert code == 0 and out.startswith("queued ")
+
+
+def test_status_counts_swept_orphans(env: dict[str, str], real_conn: redis.Redis) -> None:
+    """A late write after the ack (tests/test_orphans.py) shows up in `emailqueue status`."""
+    run("send", "--to", "ada@example.com", "--subject", "Hi", "--text", "hello")
+    run("drain")
+    real_conn.hset("rq:job:em_late", "status", "scheduled")  # a late write: no origin, no data
+    real_conn.delete("emailqueue:orphans-gate:emails")  # the sweep's period has passed
+    run("send", "--to", "bob@example.com", "--subject", "Hi", "--text", "hello")
+    code, out = run("drain", "--json")
+    assert code == 0 and json.loads(out)["orphans"] == 1
+    code, out = run("status")
+    assert code == 0
+    assert "orphan job hashes swept (no registry, no TTL): 1 deleted, 0 requeued" in out
+    assert json.loads(run("status", "--json")[1])["orphans_removed"] == 1

@@ -135,10 +135,28 @@ def test_drain_leaves_due_retries_to_an_rq_scheduler_holding_the_lock(
     fake_resend.fail_next(1, 500, "internal_server_error")
     send_email(to="a@example.com", subject="s", text="t", connection=conn, settings=settings)
     drain(connection=conn, settings=settings)
-    conn.set(RQScheduler.get_locking_key("emails"), "vm-worker", ex=60)
+    conn.set(RQScheduler.get_locking_key("emails"), "vm-worker", ex=61)
     assert drain(connection=conn, settings=settings, wall_clock=later_clock).promoted == 0
     conn.delete(RQScheduler.get_locking_key("emails"))
     assert drain(connection=conn, settings=settings, wall_clock=later_clock).sent == 1
+
+
+@pytest.mark.parametrize(("ttl_ms", "promoted"), [(61_000, 0), (52_000, 0), (48_000, 1), (1_000, 1)])
+def test_drain_promotes_due_retries_behind_a_scheduler_lock_nobody_refreshes(
+    conn: redis.Redis, settings: Settings, fake_resend: FakeResend, ttl_ms: int, promoted: int
+) -> None:
+    """Fact (docs/PLATFORM.md, RQ: scheduler lock): a live scheduler refreshes its lock to
+    ``interval + 60`` s every ``interval`` s, so its TTL never runs below about 60 s. A lock with
+    under 50 s left has gone 10 s unrefreshed: its owner is dead, and the drain promotes without
+    waiting for the lock to expire."""
+    fake_resend.fail_next(1, 500, "internal_server_error")
+    send_email(to="a@example.com", subject="s", text="t", connection=conn, settings=settings)
+    drain(connection=conn, settings=settings)
+    lock = RQScheduler.get_locking_key("emails")
+    conn.set(lock, "dead-worker", px=ttl_ms)
+    report = drain(connection=conn, settings=settings, wall_clock=later_clock)
+    assert (report.promoted, report.sent) == (promoted, promoted)
+    assert conn.exists(lock) == 1  # promoted (or not) while the lock still exists
 
 
 def test_permanent_failure_goes_to_failed_with_reason(

@@ -61,6 +61,8 @@ def test_empty_queue(conn: redis.Redis, settings: Settings) -> None:
         "oldest_queued_age_s": None,
         "workers": [],
         "recent_failed": [],
+        "orphans_removed": 0,
+        "orphans_requeued": 0,
     }
 
 
