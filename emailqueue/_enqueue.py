@@ -30,7 +30,7 @@ from ._connection import connect_from, redis_errors
 from ._constants import DEDUP_KEY_TEMPLATE, DERIVED_JOB_PREFIX, JOB_FUNC_PATH, RANDOM_JOB_PREFIX
 from ._keys import QueueKeys
 from ._message import EmailMessage
-from ._payload import Payload, idempotency_key_for
+from ._payload import PACK_FIELD, Payload, idempotency_key_for, packable
 from ._redact import mask_email, split_address
 from ._scripts import Scripts
 from ._settings import Settings
@@ -93,7 +93,10 @@ def job_mapping(payload: Payload, job_id: str, *, queue: Queue, settings: Settin
         serializer=JSONSerializer,
     )
     job.enqueued_at = now()
-    return job.to_dict()
+    mapping = job.to_dict()
+    if packable(payload):
+        mapping[PACK_FIELD] = "1"  # a drain may pack it into a batch request (emailqueue._pack)
+    return mapping
 
 
 def prepare_single(

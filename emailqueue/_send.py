@@ -30,10 +30,12 @@ class Sender(Protocol):
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a send did: how many emails Resend took, and the reason for each rejected index."""
+    """What a send did: how many emails Resend took, the reason for each rejected index, and (a
+    batch) the Resend id of each accepted index."""
 
     sent: int
     rejected: dict[int, str] = field(default_factory=dict)
+    ids: dict[int, str] = field(default_factory=dict)
 
 
 def send(
@@ -59,7 +61,7 @@ def send(
     try:
         if payload.batch:
             result = client.send_batch(payload.emails, idempotency_key=payload.idempotency_key)
-            outcome = Outcome(sent=len(result.ids), rejected=result.errors)
+            outcome = Outcome(sent=len(result.ids), rejected=result.errors, ids=result.ids)
         else:
             client.send(payload.email, idempotency_key=payload.idempotency_key)
             outcome = Outcome(sent=1)
