@@ -237,14 +237,19 @@ class _Run:
                 if not packs and not rows:
                     report.stopped = "time_budget"  # no send slot frees up in time
                     return
-            interval = self.limiter.interval
+            interval, reserved_at = self.limiter.interval, self.clock()
             ready = self.packer.prepare(packs)
+            # Each send waits for its slot measured from the reservation, not from when its
+            # thread starts (building a pack's body takes time the slots must not lose).
             pack_futures = [
-                pool.submit(self.packer.send, pack, wait + i * interval, self.sleep)
+                pool.submit(self._send_pack, pack, reserved_at + wait + i * interval)
                 for i, pack in enumerate(ready)
             ]
             futures = [
-                pool.submit(self._send, row, wait + (len(ready) + i) * interval) for i, row in enumerate(rows)
+                pool.submit(
+                    self._send, row, wait + (len(ready) + i) * interval - (self.clock() - reserved_at)
+                )
+                for i, row in enumerate(rows)
             ]
             done: list[Claimed] = []
             try:
@@ -293,6 +298,10 @@ class _Run:
         if fresh:
             self.packs_exist = True
         return packs + fresh, rows
+
+    def _send_pack(self, pack: Prepared, slot_at: float) -> Outcome:
+        """Runs in the pool: wait for the pack's send slot (``slot_at`` on ``clock``), send it."""
+        return self.packer.send(pack, slot_at - self.clock(), self.sleep)
 
     def _settle_pack(self, pack: Prepared, future: Future[Outcome]) -> None:
         report = self.report

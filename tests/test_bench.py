@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 KEYS = ["1a", "1b", "2a", "2b", "3a", "3b", "4a", "4b", "5", "6a", "6b", "7a", "7b", "8a", "8b", "8c"]
 KEYS += ["9a", "9b", "9c", "9d"]
 KEYS += ["10"]
+KEYS += ["11a", "11b", "11c", "11d", "11e"]
 NUMBER = r"-?\d+(?:\.\d+)?"
 
 #: Medians that meet every target, for judging the verdicts without running anything.
@@ -62,6 +63,13 @@ GOOD = {
     "cron_mean_ms": 30_000.0,
     "cron_p95_ms": 57_000.0,
     "fake_latency_ms": 50.0,
+    "pack_s": 6.0,
+    "pack_single_s": 500.0,
+    "pack_cmds": 1.2,
+    "pack_single_cmds": 5.5,
+    "pack_429": 0,
+    "pack_largest": 100,
+    "pack_id_bytes": 90.0,
 }
 
 
@@ -144,6 +152,9 @@ def test_every_target_passes_on_figures_that_meet_it() -> None:
         ("now_trips", 3, "9b"),
         ("now_p95_ms", 75.1, "9d"),  # over the fake's 50 ms + 25 ms
         ("dev_idle_cpu_pct", 2.1, "10"),  # issue 12: at most 2% of one core
+        ("pack_s", 15.1, "11a"),  # issue 13: 1,000 queued emails at 2 req/s in at most 15 s
+        ("pack_cmds", 1.6, "11b"),
+        ("pack_429", 1, "11c"),
     ],
 )
 def test_a_figure_that_misses_its_target_fails_that_row_only(figure: str, value: float, key: str) -> None:
