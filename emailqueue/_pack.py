@@ -1,8 +1,8 @@
 """Packing: queued single emails sent together, up to 100 in one ``POST /emails/batch``.
 
 Resend's default team limit is 2 requests/s; the batch endpoint takes up to 100 *different*
-emails per request (docs/PLATFORM.md, "Resend: batch sending"). A drain that packs delivers a
-backlog of 1,000 single emails in 10 requests instead of 1,000.
+emails per request (docs/PLATFORM.md, "Resend: batch" and "Resend: idempotency keys"). A
+drain that packs delivers a backlog of 1,000 single emails in 10 requests instead of 1,000.
 
 Exactly once, as for a single job:
 

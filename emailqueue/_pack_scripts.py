@@ -3,7 +3,7 @@
 A *pack* is up to 100 queued single emails sent in one ``POST /emails/batch``. Its composition
 (the job ids, in order) and its Idempotency-Key are written to Redis by the same script that
 takes the jobs off the queue, before any request, so a retry or a recovery after a crash resends
-the identical batch under the same key (docs/PLATFORM.md, "Resend: batch sending").
+the identical batch under the same key (docs/PLATFORM.md, "Resend: batch" and "Resend: idempotency keys").
 
 Keys of one queue ``<q>``:
 

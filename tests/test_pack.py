@@ -1,9 +1,10 @@
 """Packing (issue 13): queued single emails go out up to 100 per ``POST /emails/batch``, exactly once.
 
-Facts (docs/PLATFORM.md, "Resend: batch sending"): the batch endpoint takes 1-100 different
-emails, refuses ``attachments`` and ``scheduled_at``; in permissive mode it sends the valid ones
-and lists each rejected index with its message; a reused Idempotency-Key with a different body
-is refused with 409 ``invalid_idempotent_request``, the same body is answered from the cache.
+Facts (docs/PLATFORM.md, "Resend: batch" and "Resend: idempotency keys"): the batch endpoint
+takes 1-100 different emails, refuses ``attachments`` and ``scheduled_at``; in permissive mode
+it sends the valid ones and lists each rejected index with its message; a reused Idempotency-Key
+with a different body is refused with 409 ``invalid_idempotent_request``, the same body is
+answered from the cache.
 """
 
 from __future__ import annotations
