@@ -55,7 +55,10 @@ STEP_LIMIT = 1000
 
 @dataclass
 class DrainReport:
-    """What one drain run did. ``stopped`` says which bound ended it."""
+    """What one drain run did. ``stopped`` says which bound ended it. ``processed`` counts jobs
+    (a fan-out chunk is one), ``requests`` the sends to Resend (what ``max_jobs`` bounds: a pack
+    of up to 100 queued single emails is one); ``packs`` and ``largest_pack`` are the packs sent
+    and the most emails one of them carried."""
 
     processed: int = 0
     sent: int = 0
@@ -66,6 +69,7 @@ class DrainReport:
     stopped: Stopped = "empty"
     promoted: int = 0
     recovered: int = 0
+    requests: int = 0
     packs: int = 0
     largest_pack: int = 0
 
@@ -156,7 +160,6 @@ class _Run:
         self.report = DrainReport()
         self.started = clock()
         self.execution = uuid.uuid4().hex[:12]
-        self.requests = 0  # sends made: a pack or a single job each
         self.packs_exist = False
         self.packer = Packer(self.store, client, settings, self.limiter, wall_clock=wall_clock)
 
@@ -208,7 +211,7 @@ class _Run:
         as one job against ``max_jobs``."""
         report, settings = self.report, self.settings
         while True:
-            if self.requests >= self.limit:
+            if self.report.requests >= self.limit:
                 report.stopped = "max_jobs"
                 return
             # The last send of this round must be able to finish inside the budget, and before the
@@ -223,7 +226,7 @@ class _Run:
             if horizon < 0:
                 report.stopped = "time_budget"
                 return
-            wanted = min(settings.concurrency, self.limit - self.requests)
+            wanted = min(settings.concurrency, self.limit - self.report.requests)
             packs, rows = self._claim(wanted)
             if not packs and not rows:
                 report.stopped = "empty"
@@ -258,7 +261,7 @@ class _Run:
                 for row, future in zip(rows, futures, strict=True):
                     error = future.exception()
                     report.processed += 1
-                    self.requests += 1
+                    self.report.requests += 1
                     if error is None:
                         done.append(row)
                         outcome = future.result()
@@ -280,7 +283,7 @@ class _Run:
         wanted -= len(packs)
         if wanted <= 0:
             return packs, []
-        prefix = f"{self.execution}-{self.requests}-"
+        prefix = f"{self.execution}-{self.report.requests}-"
         if not self.settings.email_pack:
             rows = self.store.claim(
                 n=wanted, now=now, execution_prefix=prefix, worker="emailqueue-drain", grace=ABANDON_GRACE_S
@@ -307,7 +310,7 @@ class _Run:
         report = self.report
         error = future.exception()
         settled = self.packer.settle(pack, None if error else future.result(), error)
-        self.requests += 1
+        self.report.requests += 1
         report.processed += len(pack.row.ids)
         report.sent += settled.sent
         report.failed += settled.failed

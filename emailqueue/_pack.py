@@ -30,9 +30,13 @@ Each email's Resend id (from the batch reply) is recorded against its job id in 
 (``emailqueue:resend-ids:<q>:<day>``, kept 7 days after its last write): the job itself is
 deleted on success (``result_ttl=0``). Look one up with :meth:`._store.JobStore.resend_id`.
 
-VM workers (``rq worker``) do not pack: each runs one RQ job at a time, as RQ expects. They
-deliver beside packing drains safely: a job is either in the queue (a worker may take it) or
-in a pack (in no RQ list).
+VM workers (``rq worker``) do not pack (yet): each runs one RQ job at a time, as RQ expects.
+They deliver beside packing drains safely: a job is either in the queue (a worker may take it)
+or in a pack (in no RQ list). Two things keep a worker from packing in this version. The job RQ
+is running cannot ride in a pack: if the worker died, RQ's recovery would requeue that job
+under its own key while the pack, recovered too, carries its email again. And a pack a worker
+claims needs someone to recover it if the worker dies: drains do that, but a deployment with
+VM workers only runs none, and RQ knows nothing of packs.
 """
 
 from __future__ import annotations

@@ -93,6 +93,7 @@ def test_max_jobs_counts_a_pack_as_one_request(
     enqueue(conn, psettings, 150)
     report = drain(connection=conn, settings=psettings, max_jobs=1)
     assert (report.sent, report.packs, report.remaining, report.stopped) == (100, 1, 50, "max_jobs")
+    assert (report.requests, report.processed, len(fake_resend.requests)) == (1, 100, 1)
 
 
 def test_emails_the_batch_endpoint_refuses_keep_the_single_path(
