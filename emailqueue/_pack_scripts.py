@@ -39,6 +39,7 @@ RESEND_ID_TTL_S: Final = 7 * 86400
 #: marked at enqueue (ARGV[10]) that was never attempted: an empty ``started_at``, no record of ours in
 #: its meta, not accepted. A job that was attempted before keeps its own Idempotency-Key, so it
 #: goes the single way: packing it under a new key could send it twice.
+#: A pack that would hold one job only is no pack: that job is claimed the single way.
 #: KEYS: queue, started registry, packs. Returns {singles, packs}: singles as CLAIM returns them,
 #: packs as {pack id, idempotency key, {ids}, {data}}.
 _PACK_CLAIM = """
@@ -65,6 +66,7 @@ while not full and taken < max_ids do
         end
         cur.ids[#cur.ids + 1] = id
         cur.data[#cur.data + 1] = f[2]
+        cur.timeout, cur.meta = f[3], meta
       else
         if units >= max_units then full = true; break end
         local member = id .. ':' .. ARGV[4] .. (taken + i)
@@ -84,9 +86,18 @@ end
 local out = {}
 for n, p in ipairs(packs) do
   local pid = ARGV[12] .. n
+  if #p.ids == 1 then
+    -- A pack of one is no pack: the job goes the single way, under its own key.
+    local id = p.ids[1]
+    local member = id .. ':' .. ARGV[4] .. 'p' .. n
+    redis.call('ZADD', KEYS[2], now + (tonumber(p.timeout) or 180) + grace, member)
+    redis.call('HSET', ARGV[7] .. id, 'status', 'started', 'started_at', ARGV[6], 'worker_name', ARGV[5])
+    singles[#singles + 1] = {id, member, p.data[1], p.meta, ''}
+  else
   redis.call('HSET', ARGV[11] .. pid, 'key', ARGV[15] .. pid, 'ids', table.concat(p.ids, ','), 'attempts', 0)
   redis.call('ZADD', KEYS[3], now + lease, pid)
   out[#out + 1] = {pid, ARGV[15] .. pid, p.ids, p.data}
+  end
 end
 return {singles, out}
 """

@@ -72,7 +72,12 @@ def test_a_backlog_goes_out_in_packs_of_100_in_queue_order(
     ids = enqueue(conn, psettings, 250)
     report = drain(connection=conn, settings=psettings, max_jobs=10)
     assert (report.sent, report.packs, report.largest_pack, report.processed) == (250, 3, 100, 250)
-    bodies = batch_requests(fake_resend)
+    # Sent concurrently (no rate limit here): in the packs' order, they hold the queue's order.
+    sent = sorted(
+        (int(r.headers["idempotency-key"].rsplit("-", 1)[1]), json.loads(r.body))
+        for r in fake_resend.requests
+    )
+    bodies = [body for _, body in sent]
     assert [len(b) for b in bodies] == [100, 100, 50]
     assert [e["to"] for b in bodies for e in b] == [[f"u{i}@example.com"] for i in range(250)]
     assert all(r.headers["x-batch-validation"] == "permissive" for r in fake_resend.requests)
@@ -80,7 +85,7 @@ def test_a_backlog_goes_out_in_packs_of_100_in_queue_order(
     # Each email's Resend id is kept against its job (the job itself is deleted).
     store = JobStore(conn, "emails", psettings)
     by_index = {(e.idempotency_key, e.batch_index): e.id for e in fake_resend.accepted}
-    first = fake_resend.requests[0].headers["idempotency-key"]
+    first = next(k for k, _ in by_index if k and k.endswith("-1"))
     assert store.resend_id(ids[0]) == by_index[(first, 0)]
     assert store.resend_id(ids[99]) == by_index[(first, 99)]
     assert no_jobs_left(conn)
@@ -123,6 +128,18 @@ def test_emails_the_batch_endpoint_refuses_keep_the_single_path(
     assert singles == {f"emailqueue-{attached}", f"emailqueue-{later}"}
     assert [len(b) for b in batch_requests(fake_resend)] == [len(plain)]
     assert all(r.status == 200 for r in fake_resend.requests)
+
+
+def test_a_lone_queued_email_goes_the_single_way(
+    real_conn: redis.Redis, psettings: Settings, fake_resend: FakeResend
+) -> None:
+    """Packing takes what is queued now and never waits: one email is sent alone, at once."""
+    (job_id,) = enqueue(real_conn, psettings, 1)
+    report = drain(connection=real_conn, settings=psettings)
+    assert (report.sent, report.packs, report.requests) == (1, 0, 1)
+    assert [r.path for r in fake_resend.requests] == ["/emails"]
+    assert fake_resend.accepted[0].idempotency_key == f"emailqueue-{job_id}"
+    assert no_jobs_left(real_conn)
 
 
 def test_email_pack_false_sends_every_email_alone(
