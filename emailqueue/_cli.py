@@ -78,7 +78,7 @@ def _print_json(data: Any, out: IO[str]) -> None:
 
 def _progress(out: IO[str], total: int) -> Any:
     def draw(report: Any) -> None:
-        done = min(report.requests, total)  # total is max_jobs: requests (a pack is one)
+        done = min(report.processed, total)
         filled = int(30 * done / max(total, 1))
         out.write(
             f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total}  sent {report.sent}  "

@@ -248,10 +248,9 @@ class _Run:
                 pool.submit(self._send_pack, pack, reserved_at + wait + i * interval)
                 for i, pack in enumerate(ready)
             ]
+            lag = self.clock() - reserved_at if ready else 0.0  # the time spent building packs
             futures = [
-                pool.submit(
-                    self._send, row, wait + (len(ready) + i) * interval - (self.clock() - reserved_at)
-                )
+                pool.submit(self._send, row, wait + (len(ready) + i) * interval - lag)
                 for i, row in enumerate(rows)
             ]
             done: list[Claimed] = []
