@@ -49,6 +49,7 @@ class Env:
             "drain_max_jobs": 10_000,
             "drain_time_budget_s": None,
             "email_batch": True,
+            "email_pack": False,  # the single path; the packing scenario (bench/_pack.py) turns it on
             "emailqueue_dev": False,
         }
         values.update(overrides)

@@ -8,7 +8,9 @@ commands in 33 round trips, 1.9M commands a month at one run a minute. The drain
    abandoned executions); on an idle queue that is all it does;
 2. **promotes** due retries and **recovers** abandoned jobs, each in one atomic script;
 3. **claims** jobs atomically, sends them, and **acks** each (drop the started entry, delete the
-   job); a failed send goes through the same retry policy as under a VM worker.
+   job); a failed send goes through the same retry policy as under a VM worker. With
+   ``EMAIL_PACK`` on (the default), queued single emails are packed up to 100 into one batch
+   request, exactly once (:mod:`._pack`).
 
 It registers no worker, sends no heartbeat, starts no thread of its own and installs no signal
 handler, so it is safe in FastAPI's threadpool. Jobs stay plain RQ jobs throughout.
@@ -20,7 +22,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -31,6 +33,8 @@ from ._connection import connect_from, redis_errors
 from ._events import SentEmail, sent_emails
 from ._exceptions import RetryableSendError, SendError
 from ._jobs import RUNTIME
+from ._pack import PACK_SIZE, Packer, Prepared
+from ._pack_scripts import PackRow
 from ._payload import decode_job_data, parse_payload
 from ._ratelimit import RateLimiter, limiter_key
 from ._send import Outcome, Sender, send
@@ -56,7 +60,10 @@ ORPHAN_SWEEP_COUNT = 200
 
 @dataclass
 class DrainReport:
-    """What one drain run did. ``stopped`` says which bound ended it."""
+    """What one drain run did. ``stopped`` says which bound ended it. ``processed`` counts jobs
+    (a fan-out chunk is one), ``requests`` the sends to Resend (what ``max_jobs`` bounds: a pack
+    of up to 100 queued single emails is one); ``packs`` and ``largest_pack`` are the packs sent
+    and the most emails one of them carried."""
 
     processed: int = 0
     sent: int = 0
@@ -68,6 +75,9 @@ class DrainReport:
     promoted: int = 0
     recovered: int = 0
     orphans: int = 0
+    requests: int = 0
+    packs: int = 0
+    largest_pack: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,7 +103,8 @@ def drain(
     budget, so it returns before the function is killed.
 
     Args:
-        max_jobs: at most this many jobs (default ``DRAIN_MAX_JOBS``); a batch chunk is one job.
+        max_jobs: at most this many requests to Resend (default ``DRAIN_MAX_JOBS``): a single
+            job, a fan-out chunk, or a pack of up to 100 queued single emails is one.
         time_budget: seconds (default: ``DRAIN_TIME_BUDGET_S``, derived from maxDuration).
         connection: Redis connection; default: from ``QUEUE_REDIS_URL``.
         settings: default: read from the environment.
@@ -155,6 +166,8 @@ class _Run:
         self.report = DrainReport()
         self.started = clock()
         self.execution = uuid.uuid4().hex[:12]
+        self.packs_exist = False
+        self.packer = Packer(self.store, client, settings, self.limiter, wall_clock=wall_clock)
 
     def go(self) -> DrainReport:
         keys, report = self.keys, self.report
@@ -163,10 +176,11 @@ class _Run:
             # The idle probe: 3 commands, 1 round trip. A list exists only while it has items, so
             # one EXISTS covers both the queue and RQ's intermediate list.
             with self.conn.pipeline(transaction=False) as pipe:
-                pipe.exists(keys.queue, keys.intermediate)
+                pipe.exists(keys.queue, keys.intermediate, self.store.pack_keys.packs)
                 pipe.zcount(keys.scheduled, "-inf", now)
                 pipe.zcount(keys.started, "-inf", now)
                 lists, due, abandoned = pipe.execute()
+            self.packs_exist = bool(lists)  # the pack set may be among them: look for due packs
             if due:
                 report.promoted = self._promote(now)
             if abandoned:
@@ -200,10 +214,12 @@ class _Run:
         return len(moved)
 
     def _work(self, pool: ThreadPoolExecutor) -> None:
-        """Rounds of: claim jobs, reserve a send slot for each, send them concurrently, settle."""
+        """Rounds of: take due packs, claim jobs (packed, or one by one), reserve a send slot for
+        each request, send them concurrently, settle. A request (a pack or a single job) counts
+        as one job against ``max_jobs``."""
         report, settings = self.report, self.settings
         while True:
-            if report.processed >= self.limit:
+            if self.report.requests >= self.limit:
                 report.stopped = "max_jobs"
                 return
             # The last send of this round must be able to finish inside the budget, and before the
@@ -218,33 +234,42 @@ class _Run:
             if horizon < 0:
                 report.stopped = "time_budget"
                 return
-            wanted = min(settings.concurrency, self.limit - report.processed)
-            rows = self.store.claim(
-                n=wanted,
-                now=self.wall_clock(),
-                execution_prefix=f"{self.execution}-{report.processed}-",
-                worker="emailqueue-drain",
-                grace=ABANDON_GRACE_S,
-            )
-            if not rows:
+            wanted = min(settings.concurrency, self.limit - self.report.requests)
+            packs, rows = self._claim(wanted)
+            if not packs and not rows:
                 report.stopped = "empty"
                 return
-            # Send slots for exactly what was claimed; jobs with no slot in time go back.
-            granted, wait = self.limiter.reserve(len(rows), horizon=horizon)
-            if granted < len(rows):
-                self.store.unclaim(rows[granted:])
-                rows = rows[:granted]
-                if not rows:
+            # Send slots for exactly what was claimed; what got no slot in time goes back.
+            granted, wait = self.limiter.reserve(len(packs) + len(rows), horizon=horizon)
+            if granted < len(packs) + len(rows):
+                self.store.pack_release(packs[granted:], now=self.wall_clock())
+                self.store.unclaim(rows[max(granted - len(packs), 0) :])
+                packs, rows = packs[:granted], rows[: max(granted - len(packs), 0)]
+                if not packs and not rows:
                     report.stopped = "time_budget"  # no send slot frees up in time
                     return
-            interval = self.limiter.interval
-            futures = [pool.submit(self._send, row, wait + i * interval) for i, row in enumerate(rows)]
+            interval, reserved_at = self.limiter.interval, self.clock()
+            ready = self.packer.prepare(packs)
+            # Each send waits for its slot measured from the reservation, not from when its
+            # thread starts (building a pack's body takes time the slots must not lose).
+            pack_futures = [
+                pool.submit(self._send_pack, pack, reserved_at + wait + i * interval)
+                for i, pack in enumerate(ready)
+            ]
+            lag = self.clock() - reserved_at if ready else 0.0  # the time spent building packs
+            futures = [
+                pool.submit(self._send, row, wait + (len(ready) + i) * interval - lag)
+                for i, row in enumerate(rows)
+            ]
             done: list[Claimed] = []
             sent: list[SentEmail] = []
             try:
+                for pack, pack_future in zip(ready, pack_futures, strict=True):
+                    self._settle_pack(pack, pack_future)
                 for row, future in zip(rows, futures, strict=True):
                     error = future.exception()
                     report.processed += 1
+                    self.report.requests += 1
                     if error is None:
                         done.append(row)
                         outcome, emails = future.result()
@@ -257,6 +282,53 @@ class _Run:
                         self.on_progress(report)
             finally:
                 self.store.ack(done, sent)  # whatever else happens, what was sent is never sent again
+
+    def _claim(self, wanted: int) -> tuple[list[PackRow], list[Claimed]]:
+        """Due packs first (a dead drain's, or a retry's), then queued jobs: packed when packing
+        is on, else one by one."""
+        now = self.wall_clock()
+        lease = self.settings.email_job_timeout_s + ABANDON_GRACE_S
+        packs = self.store.pack_take(now=now, limit=wanted, lease=lease) if self.packs_exist else []
+        wanted -= len(packs)
+        if wanted <= 0:
+            return packs, []
+        prefix = f"{self.execution}-{self.report.requests}-"
+        if not self.settings.email_pack:
+            rows = self.store.claim(
+                n=wanted, now=now, execution_prefix=prefix, worker="emailqueue-drain", grace=ABANDON_GRACE_S
+            )
+            return packs, rows
+        rows, fresh = self.store.pack_claim(
+            units=wanted,
+            now=now,
+            execution_prefix=prefix,
+            worker="emailqueue-drain",
+            grace=ABANDON_GRACE_S,
+            lease=lease,
+            size=PACK_SIZE,
+        )
+        if fresh:
+            self.packs_exist = True
+        return packs + fresh, rows
+
+    def _send_pack(self, pack: Prepared, slot_at: float) -> Outcome:
+        """Runs in the pool: wait for the pack's send slot (``slot_at`` on ``clock``), send it."""
+        return self.packer.send(pack, slot_at - self.clock(), self.sleep)
+
+    def _settle_pack(self, pack: Prepared, future: Future[Outcome]) -> None:
+        report = self.report
+        error = future.exception()
+        settled = self.packer.settle(pack, None if error else future.result(), error)
+        self.report.requests += 1
+        report.processed += len(pack.row.ids)
+        report.sent += settled.sent
+        report.failed += settled.failed
+        report.retrying += len(pack.row.ids) if settled.retrying else 0
+        if settled.sent:
+            report.packs += 1
+            report.largest_pack = max(report.largest_pack, len(pack.ids))
+        if self.on_progress is not None:
+            self.on_progress(report)
 
     def _send(self, row: Claimed, delay: float) -> tuple[Outcome, list[SentEmail]]:
         """Runs in the pool: wait for this job's send slot, send, record rejected recipients.

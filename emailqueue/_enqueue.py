@@ -38,7 +38,7 @@ from ._durable import check_confirmed, durable_wait
 from ._exceptions import SuppressedAddressError
 from ._keys import QueueKeys
 from ._message import EmailMessage
-from ._payload import Payload, idempotency_key_for
+from ._payload import PACK_FIELD, Payload, idempotency_key_for, packable
 from ._redact import mask_email, split_address
 from ._scripts import Scripts
 from ._settings import Settings
@@ -106,7 +106,10 @@ def job_mapping(payload: Payload, job_id: str, *, queue: Queue, settings: Settin
         serializer=JSONSerializer,
     )
     job.enqueued_at = now()
-    return job.to_dict()
+    mapping = job.to_dict()
+    if packable(payload):
+        mapping[PACK_FIELD] = "1"  # a drain may pack it into a batch request (emailqueue._pack)
+    return mapping
 
 
 def prepare_single(

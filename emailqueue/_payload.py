@@ -77,6 +77,18 @@ class Payload:
         return out
 
 
+#: The job hash field that marks a single email the batch endpoint can carry (set at enqueue).
+PACK_FIELD = "emailqueue_pack"
+#: What POST /emails/batch refuses in an email (docs/PLATFORM.md, "Resend: batch limits").
+NOT_IN_BATCH = ("attachments", "scheduled_at")
+
+
+def packable(payload: Payload) -> bool:
+    """Whether a job's email may ride in a pack: a single email (not a fan-out chunk) with
+    nothing the batch endpoint refuses (no attachments, no ``scheduled_at``)."""
+    return not payload.batch and not any(name in payload.email for name in NOT_IN_BATCH)
+
+
 def idempotency_key_for(job_id: str) -> str:
     """The Idempotency-Key of a job: fixed at enqueue, the same on every retry and after a crash."""
     return IDEMPOTENCY_KEY_PREFIX + job_id

@@ -16,6 +16,7 @@ import redis
 from rq.defaults import RQ_KEY_PREFIX
 
 from ._keys import QueueKeys
+from ._pack_scripts import PackKeys
 
 #: The job hash field that records Resend's acceptance of the job's email(s). RQ never reads or
 #: writes it (``Job.save`` updates only its own fields), so it survives retries and failures.
@@ -346,6 +347,20 @@ if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', tonumber(ARGV[3])) then retur
 local scan = redis.call('SCAN', redis.call('HGET', KEYS[1], 'cursor') or '0', 'MATCH', ARGV[1] .. '*',
   'COUNT', tonumber(ARGV[2]))
 local removed, requeued = 0, 0
+-- A job in an in-flight pack (emailqueue._pack) is queued but in no RQ list, on purpose: its
+-- pack's key and body will send it. Requeueing it here would send it a second time, under its
+-- own key, so the packs' job ids count as listed (read once, only if a candidate needs them).
+local packed = nil
+local function in_pack(id)
+  if packed == nil then
+    packed = {}
+    for _, pid in ipairs(redis.call('ZRANGE', KEYS[8], 0, -1)) do
+      local ids = redis.call('HGET', ARGV[6] .. pid, 'ids')
+      if ids then for j in string.gmatch(ids, '[^,]+') do packed[j] = true end end
+    end
+  end
+  return packed[id]
+end
 for _, key in ipairs(scan[2]) do
   if redis.call('TTL', key) == -1 and redis.call('TYPE', key)['ok'] == 'hash' then
     local f = redis.call('HMGET', key, 'status', 'origin', 'data', ARGV[4])
@@ -355,7 +370,7 @@ for _, key in ipairs(scan[2]) do
     if not ours or f[1] == 'started' then
       listed = true
     elseif f[1] == 'queued' then
-      listed = redis.call('LPOS', KEYS[3], id) or redis.call('LPOS', KEYS[4], id)
+      listed = redis.call('LPOS', KEYS[3], id) or redis.call('LPOS', KEYS[4], id) or in_pack(id)
     elseif f[1] == 'scheduled' then
       listed = redis.call('ZSCORE', KEYS[5], id)
     elseif f[1] == 'failed' then
@@ -533,8 +548,10 @@ class Scripts:
 
     def sweep_orphans(self, *, count: int, every_s: int, queues_key: str) -> Orphans:
         k = self.keys
+        packs = PackKeys.of(k.name)
         keys = [k.orphans, k.orphans_gate, k.queue, k.intermediate, k.scheduled, k.failed, queues_key]
-        args = [k.job_prefix, count, every_s, ACCEPTED_FIELD, k.name]
+        keys.append(packs.packs)
+        args = [k.job_prefix, count, every_s, ACCEPTED_FIELD, k.name, packs.pack_prefix]
         scanned, removed, requeued = self._run(_ORPHANS, keys, args)
         return Orphans(int(scanned), int(removed), int(requeued))
 

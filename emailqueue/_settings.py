@@ -120,6 +120,10 @@ class Settings(BaseSettings):
     email_batch: bool = Field(
         default=True, description="send_event_email sends chunks of 100 through POST /emails/batch."
     )
+    email_pack: bool = Field(
+        default=True,
+        description="Drains pack queued single emails into POST /emails/batch requests of up to 100.",
+    )
     resend_rate_limit: float = Field(
         default=2.0, ge=0, description="Sends per second across all workers (Resend's team limit); 0: off."
     )

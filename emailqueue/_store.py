@@ -12,6 +12,7 @@
 | recover   | abandoned execution -> queued or failed   | the drain                        |
 | requeue   | failed -> queued (accepted: -> gone)      | admin API and CLI                |
 | orphans   | a hash in no registry, no TTL -> gone/queued | the drain, on runs that did work |
+| pack_*    | queued -> a pack -> gone or failed        | the drain, via :mod:`._pack`     |
 +-----------+-------------------------------------------+----------------------------------+
 
 **An email Resend accepted is never failed nor sent again.** RQ's success handling of a job
@@ -46,7 +47,8 @@ from ._events import SentEmail, record_sent
 from ._exceptions import SendError
 from ._failure import failure_record, meta_with, requeue_record
 from ._keys import QueueKeys
-from ._payload import Payload, idempotency_key_for
+from ._pack_scripts import PackKeys, PackRow, PackScripts
+from ._payload import PACK_FIELD, Payload, idempotency_key_for
 from ._retry import apply_failure_policy
 from ._scripts import ACCEPTED_FIELD, Claimed, Orphans, Recovered, Scripts
 from ._settings import Settings
@@ -82,6 +84,8 @@ class JobStore:
         self.queue = Queue(queue_name, connection=conn, serializer=JSONSerializer)
         self.keys = QueueKeys.of(self.queue)
         self.scripts = Scripts(conn, self.keys)
+        self.pack_keys = PackKeys.of(queue_name)
+        self.pack_scripts = PackScripts(conn, self.pack_keys)
 
     # --- the drain's claim and ack ---
     def claim(self, *, n: int, now: float, execution_prefix: str, worker: str, grace: int) -> list[Claimed]:
@@ -264,3 +268,110 @@ class JobStore:
             enqueued_at=enqueued_at,
             queues_key=Queue.redis_queues_keys,
         )
+
+    # --- packs: queued single emails sent together in one batch request (see ._pack) ---
+    def pack_claim(
+        self, *, units: int, now: float, execution_prefix: str, worker: str, grace: int, lease: int, size: int
+    ) -> tuple[list[Claimed], list[PackRow]]:
+        """Take up to ``units`` requests' worth of queued jobs (atomic): packable ones into packs of
+        up to ``size``, each written (ids and Idempotency-Key) with a claim that lapses after
+        ``lease`` s; the others claimed one by one as :meth:`claim` does."""
+        singles, packs = self.pack_scripts.claim(
+            queue_keys=(self.keys.queue, self.keys.started),
+            units=units,
+            max_ids=units * size,
+            now=now,
+            execution_prefix=execution_prefix,
+            worker=worker,
+            started_at=_stamp(now),
+            job_prefix=self.keys.job_prefix,
+            grace=grace,
+            accepted_field=ACCEPTED_FIELD,
+            pack_field=PACK_FIELD,
+            pack_id_prefix=execution_prefix,
+            max_pack=size,
+            lease=lease,
+            key_prefix=f"{idempotency_key_for('pack-')}",
+        )
+        rows = [Claimed(_text(r[0]), _text(r[1]), r[2], r[3], bool(r[4])) for r in singles]
+        return rows, packs
+
+    def pack_take(self, *, now: float, limit: int, lease: int) -> list[PackRow]:
+        """Take due packs (a dead drain's, or a retry's time has come), each for ``lease`` s."""
+        return self.pack_scripts.take(now=now, limit=limit, lease=lease)
+
+    def pack_fix_bodies(self, bodies: dict[str, str]) -> None:
+        """Store each pack's exact body before its first request (kept if one is stored)."""
+        if bodies:
+            with self.conn.pipeline(transaction=False) as pipe:
+                for pack_id, body in bodies.items():
+                    pipe.hsetnx(self.pack_keys.pack_prefix + pack_id, "body", body)
+                pipe.execute()
+
+    def job_data(self, job_ids: list[str]) -> list[bytes | None]:
+        """The ``data`` field of each job (to rebuild a pack stored without its body)."""
+        with self.conn.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hget(self.keys.job_prefix + job_id, "data")
+            return list(pipe.execute())
+
+    def pack_ack(self, pack: PackRow, sent: list[SentEmail], *, done: list[str]) -> None:
+        """Sent: record each accepted email's Resend id on its lifecycle (:mod:`._events`), delete
+        the jobs in ``done`` (``result_ttl=0``) and the pack, all at once (MULTI)."""
+        with self.conn.pipeline(transaction=True) as pipe:
+            pipe.zrem(self.pack_keys.packs, pack.pack_id)
+            pipe.delete(self.pack_keys.pack_prefix + pack.pack_id)
+            if done:
+                pipe.delete(*[self.keys.job_prefix + job_id for job_id in done])
+            record_sent(pipe, sent, ttl=self.settings.email_events_ttl_s, now=self.wall_clock())
+            pipe.execute()
+
+    def pack_retry(self, pack: PackRow, *, due: float, error: SendError, spend: bool = True) -> None:
+        """Retry the pack at ``due`` as a unit: same ids, same body, same Idempotency-Key."""
+        key = self.pack_keys.pack_prefix + pack.pack_id
+        with self.conn.pipeline(transaction=True) as pipe:
+            if spend:
+                pipe.hincrby(key, "attempts", 1)
+            pipe.hset(key, "error", f"{error.name}: {error}"[:300])
+            pipe.zadd(self.pack_keys.packs, {pack.pack_id: due}, xx=True)
+            pipe.execute()
+
+    def pack_release(self, packs: list[PackRow], *, now: float) -> None:
+        """Packs that got no send slot: due again at once, for the next run (same ids, same key)."""
+        if packs:
+            self.conn.zadd(self.pack_keys.packs, {p.pack_id: now for p in packs}, xx=True)
+
+    def pack_fail(self, pack: PackRow, error: SendError) -> list[str]:
+        """The pack failed for good: each of its jobs fails with the error (the one FAIL path),
+        then the pack is dropped. Returns the job ids failed."""
+        failed = []
+        for job_id in pack.ids:
+            record = failure_record(
+                None, name=error.name, message=str(error)[:300], status_code=error.status_code
+            )
+            exc = f"{error.name}: {error}"
+            if self._fail(job_id, meta_with(None, record), member="", exc_string=exc):
+                failed.append(job_id)
+        with self.conn.pipeline(transaction=True) as pipe:
+            pipe.zrem(self.pack_keys.packs, pack.pack_id)
+            pipe.delete(self.pack_keys.pack_prefix + pack.pack_id)
+            pipe.execute()
+        return failed
+
+    def fail_rejected(self, job_id: str, message: str) -> bool:
+        """Resend rejected this job's email from a pack (permissive validation): it fails alone."""
+        record = failure_record(None, name="rejected_recipient", message=message, status_code=422)
+        return self._fail(
+            job_id, meta_with(None, record), member="", exc_string=f"rejected by Resend: {message}"
+        )
+
+    def resend_id(self, job_id: str) -> str | None:
+        """The Resend id recorded for this job's email (its lifecycle's sent step), if any."""
+        from ._events import lookup
+
+        found = lookup(self.conn, job_id, ttl=self.settings.email_events_ttl_s, now=self.wall_clock())
+        return found[0].resend_id if found else None
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

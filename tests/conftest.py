@@ -75,6 +75,7 @@ def settings(fake_resend: FakeResend) -> Settings:
         resend_timeout_s=2,
         resend_connect_timeout_s=1,
         resend_rate_limit=0,  # unlimited: the rate-limit tests turn it on themselves
+        email_pack=False,  # these tests pin the single path; tests/test_pack.py covers packing
     )
 
 

@@ -229,6 +229,7 @@ def _drain_process(redis_url: str, fake: FakeResend) -> subprocess.Popen[str]:
         "RESEND_API_URL": fake.url,
         "RESEND_RATE_LIMIT": "0",
         "RESEND_TIMEOUT_S": "30",
+        "EMAIL_PACK": "false",  # the single path; tests/test_pack.py kills a packing drain
     }
     return subprocess.Popen(
         [sys.executable, "-c", "import emailqueue; print(emailqueue.drain().to_dict())"],

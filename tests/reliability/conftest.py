@@ -30,6 +30,7 @@ def make_settings(fake: FakeResend, redis_url: str, **overrides: Any) -> Setting
         "email_backoff_cap_s": 2,
         "resend_timeout_s": 5,
         "resend_connect_timeout_s": 2,
+        "email_pack": False,  # the single path; the packing variants turn it on
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

@@ -75,6 +75,7 @@ def worker_env(redis_url: str, api_key: str, api_url: str, **extra: str) -> dict
         RESEND_API_KEY=api_key,
         RESEND_API_URL=api_url,
         RESEND_RATE_LIMIT="0",
+        EMAIL_PACK="false",  # the single path unless a scenario's packing variant asks for it
         PYTHONPATH=str(REPO),
     )
     env.update(extra)

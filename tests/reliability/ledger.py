@@ -7,7 +7,8 @@ counts, from the fake's record and raw Redis reads only:
 - ``lost``: a recipient that was enqueued, never accepted, and not failed with a stated reason;
 - ``duplicated``: extra acceptances of a recipient (a batch job's emails share one idempotency
   key, so acceptances are counted per recipient address; an idempotent replay is not one);
-- ``stuck``: jobs still queued, started or scheduled, or parked in RQ 3's intermediate queue
+- ``stuck``: jobs still queued, started, scheduled or in a pack (``emailqueue:packs:<q>``), or
+  parked in RQ 3's intermediate queue
   (``rq:queue:<q>:intermediate``, where a VM worker moves a job it dequeues); raw ``LLEN``/``ZCARD``
   only: RQ's ``.count`` runs registry cleanup, which would change what it measures;
 - ``failed``: recipients whose job is in the failed registry, with the reason recorded.
@@ -47,19 +48,22 @@ def registry_sizes(conn: redis.Redis, queue: str = "emails") -> dict[str, int]:
         pipe.zcard(f"rq:wip:{queue}")
         pipe.zcard(f"rq:scheduled:{queue}")
         pipe.zcard(f"rq:failed:{queue}")
-        queued, intermediate, started, scheduled, failed = pipe.execute()
+        pipe.zcard(f"emailqueue:packs:{queue}")
+        queued, intermediate, started, scheduled, failed, packs = pipe.execute()
     return {
         "queued": queued,
         "intermediate": intermediate,
         "started": started,
         "scheduled": scheduled,
         "failed": failed,
+        "packs": packs,
     }
 
 
 def unsettled(sizes: dict[str, int]) -> int:
-    """Jobs not yet settled: queued (or parked by a VM worker), started or scheduled."""
-    return sizes["queued"] + sizes["intermediate"] + sizes["started"] + sizes["scheduled"]
+    """Jobs not yet settled: queued (or parked by a VM worker), started, scheduled, or in a pack
+    (a batch request of queued single emails in flight or waiting for its retry)."""
+    return sizes["queued"] + sizes["intermediate"] + sizes["started"] + sizes["scheduled"] + sizes["packs"]
 
 
 def stuck_count(conn: redis.Redis, queue: str = "emails") -> int:

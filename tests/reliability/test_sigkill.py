@@ -26,7 +26,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -135,7 +135,10 @@ def hold_nth(fake: FakeResend, n: int) -> Gate:
 
 def claimed(conn: redis.Redis) -> bool:
     """A job is in the started registry and marked started (for an RQ worker: its work horse
-    has begun the job; the moments before that are covered by test_vm_worker_windows.py)."""
+    has begun the job; the moments before that are covered by test_vm_worker_windows.py), or a
+    packing drain has claimed a pack."""
+    if conn.zcard("emailqueue:packs:emails"):
+        return True
     members = conn.zrange("rq:wip:emails", 0, -1)
     return any(conn.hget(f"rq:job:{m.decode().rsplit(':', 1)[0]}", "status") == b"started" for m in members)
 
@@ -155,14 +158,20 @@ def run_kill_scenario(
     settings: Settings,
     ledger: Ledger,
     workdir: Path,
+    *,
+    pack: bool = False,
 ) -> None:
     plan = make_plan(kind, seed)
+    settings = settings.model_copy(update={"email_pack": pack})
+    if pack:  # the singles ride in one request: the fault hits one of at most two requests
+        plan = replace(plan, target=plan.target % ((plan.singles > 0) + (plan.fanout > 0)))
     rng = random.Random(seed)
     enqueue(plan, conn, settings, ledger)
     extra = {
         "RESEND_TIMEOUT_S": "5",
         "RESEND_CONNECT_TIMEOUT_S": "2",
         "DRAIN_CONCURRENCY": str(plan.concurrency),
+        "EMAIL_PACK": "true" if pack else "false",
     }
     gate: Gate | None = None
     if plan.point == "claimed":
@@ -209,13 +218,15 @@ def run_kill_scenario(
     wait_for(lambda: answered(fake), 10, "Resend to answer what the dead process sent")
     left = registry_sizes(conn)
     if plan.point in ("claimed", "in_flight", "accepted"):
-        assert left["started"] >= 1, f"the kill at {plan.point!r} left no claim behind: {left}"
+        claims = left["started"] + left["packs"]
+        assert claims >= 1, f"the kill at {plan.point!r} left no claim behind: {left}"
     age_redis(conn)  # a later run: the dead worker's scheduler lock and keys have expired
     reports = recover(conn, settings)
     counts = ledger.finish(
         **plan.describe(),
         processes_killed=len(killed),
-        claims_left=left["started"],
+        claims_left=left["started"] + left["packs"],
+        packing=pack,
         recovered=sum(r.recovered for r in reports),
         later_runs=len(reports),
     )
@@ -224,9 +235,11 @@ def run_kill_scenario(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("pack", [False, True], ids=["single", "packing"])
 @pytest.mark.parametrize("seed", SEEDS)
 def test_sigkill_of_a_drain_at_a_random_point(
     seed: int,
+    pack: bool,
     real_conn: redis.Redis,
     redis_url: str,
     fake_resend: FakeResend,
@@ -235,9 +248,12 @@ def test_sigkill_of_a_drain_at_a_random_point(
     tmp_path: Path,
 ) -> None:
     """Scenario a, serverless drain: a drain subprocess (``emailqueue.drain()``) is SIGKILLed
-    before, during or after a send (seeded); later drains deliver every email exactly once."""
+    before, during or after a send (seeded); later drains deliver every email exactly once. With
+    packing (``EMAIL_PACK=true``) the single emails the drain claims ride in one batch request:
+    a pack killed at any point is recovered as a unit, same body, same Idempotency-Key."""
+    scenario = "a/sigkill-drain" + ("-packing" if pack else "")
     run_kill_scenario(
-        "drain", seed, real_conn, redis_url, fake_resend, rsettings, new_ledger("a/sigkill-drain"), tmp_path
+        "drain", seed, real_conn, redis_url, fake_resend, rsettings, new_ledger(scenario), tmp_path, pack=pack
     )
 
 

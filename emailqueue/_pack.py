@@ -1,0 +1,190 @@
+"""Packing: queued single emails sent together, up to 100 in one ``POST /emails/batch``.
+
+Resend's default team limit is 2 requests/s; the batch endpoint takes up to 100 *different*
+emails per request (docs/PLATFORM.md, "Resend: batch" and "Resend: idempotency keys"). A
+drain that packs delivers a backlog of 1,000 single emails in 10 requests instead of 1,000.
+
+Exactly once, as for a single job:
+
+1. **Fixed before the request.** The script that takes jobs off the queue writes the pack (its
+   job ids in order and its Idempotency-Key) in the same atomic step (:mod:`._pack_scripts`);
+   the exact JSON body is stored next (``HSETNX``) before the first request. Every later send of
+   the pack, a retry or a recovery, sends that stored body under that key. Resend answers a
+   replay with the original reply, and a *different* body under the same key with 409
+   ``invalid_idempotent_request`` (which is why the body, not just the ids, is fixed).
+2. **Recovered as a unit.** A pack's entry in ``emailqueue:packs:<q>`` is due when its claim
+   lapses (job timeout plus grace, as for a single claim), or when its retry comes. A later
+   drain takes a due pack atomically and sends the same body under the same key.
+3. **Only never-attempted jobs.** A job that has been tried under its own key (a retry, a
+   recovery, a requeue) is not packed: if an earlier attempt did reach Resend, only its own key
+   protects it. It goes the single way.
+4. **Permissive validation.** One bad email does not sink the others: Resend sends the valid
+   ones and lists the rejected indexes; each rejected email fails alone, through the store's one
+   failure path, with Resend's message.
+
+Packing never waits for a batch to fill: a drain packs what is queued when it claims. Emails
+the batch endpoint refuses (attachments, ``send_at``), fan-out chunks (already batches) and
+immediate sends keep their own path. ``EMAIL_PACK=false`` turns packing off.
+
+Each email's Resend id (from the batch reply) is recorded on its lifecycle's sent step
+(:mod:`._events`, kept ``EMAIL_EVENTS_TTL_S``), in the ack's own MULTI: the job itself is deleted
+on success (``result_ttl=0``). Look one up with :meth:`._store.JobStore.resend_id` or
+``emailqueue status <job id>``.
+
+VM workers (``rq worker``) do not pack (yet): each runs one RQ job at a time, as RQ expects.
+They deliver beside packing drains safely: a job is either in the queue (a worker may take it)
+or in a pack (in no RQ list). Two things keep a worker from packing in this version. The job RQ
+is running cannot ride in a pack: if the worker died, RQ's recovery would requeue that job
+under its own key while the pack, recovered too, carries its email again. And a pack a worker
+claims needs someone to recover it if the worker dies: drains do that, but a deployment with
+VM workers only runs none, and RQ knows nothing of packs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ._backoff import compute_backoff
+from ._events import SentEmail
+from ._exceptions import PermanentSendError, QuotaExceededError, RetryableSendError, SendError
+from ._pack_scripts import PackRow
+from ._payload import MAX_BATCH, Payload, decode_job_data, parse_payload
+from ._ratelimit import RateLimiter
+from ._send import Outcome, Sender, send
+from ._settings import Settings
+from ._store import JobStore
+
+log = logging.getLogger("emailqueue.pack")
+
+#: The most emails in one pack: Resend's batch limit.
+PACK_SIZE = MAX_BATCH
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A pack ready to send: its row, and the job ids and emails of its body, in order."""
+
+    row: PackRow
+    ids: list[str]
+    emails: list[dict[str, object]]
+
+
+@dataclass(frozen=True)
+class Settled:
+    """What became of one pack's send: emails sent, emails failed, and whether it will retry."""
+
+    sent: int
+    failed: int
+    retrying: bool
+
+
+class Packer:
+    """Builds, sends and settles the packs of one drain run."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        client: Sender,
+        settings: Settings,
+        limiter: RateLimiter,
+        *,
+        wall_clock: Callable[[], float],
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store, self.client, self.settings, self.limiter = store, client, settings, limiter
+        self.wall_clock, self.rng = wall_clock, rng
+
+    def prepare(self, rows: list[PackRow]) -> list[Prepared]:
+        """The body of each pack: the stored one, or built from the jobs and stored before any
+        request (one round trip for all). A job whose data cannot be read fails alone."""
+        ready: list[Prepared] = []
+        fresh: dict[str, str] = {}
+        for row in rows:
+            if row.body:
+                stored = json.loads(row.body)
+                ready.append(Prepared(row, list(stored["ids"]), list(stored["emails"])))
+                continue
+            data: list[bytes | None] = list(row.data) if row.data else self.store.job_data(row.ids)
+            ids, emails = self._build(row, data)
+            fresh[row.pack_id] = json.dumps({"ids": ids, "emails": emails}, separators=(",", ":"))
+            ready.append(Prepared(row, ids, emails))
+        self.store.pack_fix_bodies(fresh)
+        return ready
+
+    def _build(self, row: PackRow, data: list[bytes | None]) -> tuple[list[str], list[dict[str, object]]]:
+        ids: list[str] = []
+        emails: list[dict[str, object]] = []
+        for job_id, raw in zip(row.ids, data, strict=True):
+            if raw is None:
+                continue  # the job hash is gone: nothing to send
+            try:
+                payload = parse_payload(decode_job_data(raw)["payload"])
+            except PermanentSendError as exc:
+                log.error("job %s in pack %s is unreadable: failed", job_id, row.pack_id)
+                self.store.fail(job_id, name=exc.name, message=exc.message[:300], member="")
+                continue
+            ids.append(job_id)
+            emails.append(payload.email)
+        return ids, emails
+
+    def send(self, pack: Prepared, delay: float, sleep: Callable[[float], None]) -> Outcome:
+        """Runs in the pool: wait for the pack's send slot, then one permissive batch request."""
+        if not pack.emails:
+            return Outcome(sent=0)
+        if delay > 0:
+            sleep(delay)
+        payload = Payload(list(pack.emails), pack.row.key, None, list(pack.ids), batch=True)
+        return send(payload, self.client, limiter=self.limiter, slot_reserved=True)
+
+    def settle(self, pack: Prepared, outcome: Outcome | None, error: BaseException | None) -> Settled:
+        """Record a pack's result: rejected emails fail alone, accepted ones are done (their
+        Resend ids kept); a failed request is retried as a unit, or fails every job at the end."""
+        if error is None and outcome is not None:
+            for index, message in sorted(outcome.rejected.items()):
+                self.store.fail_rejected(pack.ids[index], message)
+            sent = [
+                SentEmail(job_id=pack.ids[i], resend_id=rid, to=_first_recipient(pack.emails[i]))
+                for i, rid in sorted(outcome.resend_ids.items())
+                if rid and i < len(pack.ids)
+            ]
+            done = [job_id for i, job_id in enumerate(pack.ids) if i not in outcome.rejected]
+            self.store.pack_ack(pack.row, sent, done=done)
+            if outcome.rejected:
+                log.warning("pack %s: %d email(s) rejected by Resend", pack.row.key, len(outcome.rejected))
+            return Settled(sent=outcome.sent, failed=len(outcome.rejected), retrying=False)
+        exc = (
+            error
+            if isinstance(error, SendError)
+            else RetryableSendError(repr(error)[:300], name="internal_error")
+        )
+        now, attempts = self.wall_clock(), pack.row.attempts + 1
+        if isinstance(exc, QuotaExceededError):
+            quota = self.settings.email_quota_retry_s
+            wait = compute_backoff(1, base=quota, cap=quota, retry_after=exc.retry_after, rng=self.rng)
+            self.store.pack_retry(pack.row, due=now + wait, error=exc, spend=False)
+            return Settled(sent=0, failed=0, retrying=True)
+        if isinstance(exc, RetryableSendError) and attempts < self.settings.email_max_attempts:
+            wait = compute_backoff(
+                attempts,
+                base=self.settings.email_backoff_base_s,
+                cap=self.settings.email_backoff_cap_s,
+                retry_after=exc.retry_after,
+                rng=self.rng,
+            )
+            log.warning("pack %s attempt %d failed (%s); retry in %ds", pack.row.key, attempts, exc, wait)
+            self.store.pack_retry(pack.row, due=now + wait, error=exc)
+            return Settled(sent=0, failed=0, retrying=True)
+        log.warning("pack %s failed for good after %d attempt(s): %s", pack.row.key, attempts, exc)
+        failed = self.store.pack_fail(pack.row, exc)
+        return Settled(sent=0, failed=len(failed), retrying=False)
+
+
+def _first_recipient(email: dict[str, Any]) -> str:
+    to = email.get("to")
+    first = to[0] if isinstance(to, list) and to else to
+    return str(first or "")
