@@ -121,11 +121,13 @@ def test_the_whole_pipeline_runs_as_a_restricted_user(
         assert send_event_email("launch", people, "Hi", text="t", connection=conn, settings=settings) == []
 
         # Drain with a permanent failure; status; requeue; drain again; health.
-        fake_resend.fail_next(1, 422, "validation_error", "rejected")
+        # Resend refuses this address for good, whichever concurrent send reaches it first.
+        fake_resend.reject_recipients = {"doomed@example.com"}
         report = drain(connection=conn, settings=settings)
         assert (report.processed, report.failed) == (3, 1), report
         status = queue_status(conn, settings)
         assert (status.queued, status.failed, [f.id for f in status.recent_failed]) == (0, 1, [doomed])
+        fake_resend.reject_recipients = set()  # the address is fixed: the requeue sends it
         assert requeue_failed(conn, settings).requeued == [doomed]
         assert drain(connection=conn, settings=settings).sent == 1
         assert health(conn).ok
