@@ -4,14 +4,16 @@ a ledger per scenario, and the "later drains" that recover whatever a fault left
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import redis
 
 from emailqueue import DrainReport, Settings, drain
+from emailqueue._embedded import EmbeddedRedis
 from emailqueue.testing import FakeResend
+from tests.conftest import EXTERNAL_URL
 
 from .faults import later_clock
 from .ledger import Ledger, stuck_count
@@ -70,3 +72,19 @@ def recover(
         if report.processed == 0:
             time.sleep(0.01)
     return reports
+
+
+@pytest.fixture(scope="package")
+def redis_url() -> Iterator[str]:
+    """This package's own Redis-protocol server, stopped when its scenarios are done.
+
+    The scenarios start and kill VM workers (``rq worker --with-scheduler``) against it. A
+    scheduler process that outlives its scenario would otherwise keep writing its lock and
+    heartbeat into the server every later test uses; with its own server stopped, it writes
+    nowhere. ``EMAILQUEUE_TEST_REDIS_URL`` still points every tier at that one server.
+    """
+    if EXTERNAL_URL:
+        yield EXTERNAL_URL
+        return
+    with EmbeddedRedis() as server:
+        yield server.url
