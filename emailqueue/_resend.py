@@ -196,12 +196,7 @@ class ResendClient:
             response = self._http.request(method, self._base_url + path, params=params, headers=self._headers)
         except httpx.HTTPError as exc:
             raise error_from_exception(exc) from exc
-        if not response.is_success:
-            raise error_from_response(response, self._api_key)
-        try:
-            return response.json()
-        except ValueError as exc:
-            raise RetryableSendError("Resend replied with invalid JSON", name="bad_reply") from exc
+        return self._reply(response)
 
     def _post(self, path: str, body: Any, idempotency_key: str, extra: dict[str, str] | None = None) -> Any:
         headers = {**self._headers, "Idempotency-Key": idempotency_key, **(extra or {})}
@@ -209,6 +204,10 @@ class ResendClient:
             response = self._http.post(self._base_url + path, json=body, headers=headers)
         except httpx.HTTPError as exc:
             raise error_from_exception(exc) from exc
+        return self._reply(response)
+
+    def _reply(self, response: httpx.Response) -> Any:
+        """A successful reply's JSON body; otherwise the mapped :class:`SendError`."""
         if not response.is_success:
             raise error_from_response(response, self._api_key)
         try:
