@@ -205,8 +205,9 @@ class RedisProxy:
     time; :meth:`hold_new_connections` makes new client connections wait before they reach the
     server (a client retrying while the server restarts)."""
 
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int, db: int = 0) -> None:
         self.upstream_port = upstream_port
+        self.db = db  # the URL's database: a shared server's test db (15), not db 0
         self.trap: Trap | None = None
         self._open_upstream = threading.Event()
         self._open_upstream.set()
@@ -220,7 +221,7 @@ class RedisProxy:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://127.0.0.1:{self.port}/{self.db}"
 
     def arm(self, marker: bytes) -> Trap:
         self.trap = Trap(marker)
@@ -314,8 +315,8 @@ def _close(*socks: socket.socket) -> None:
 
 
 @contextlib.contextmanager
-def redis_proxy(upstream_port: int) -> Iterator[RedisProxy]:
-    proxy = RedisProxy(upstream_port)
+def redis_proxy(upstream_port: int, db: int = 0) -> Iterator[RedisProxy]:
+    proxy = RedisProxy(upstream_port, db)
     try:
         yield proxy
     finally:

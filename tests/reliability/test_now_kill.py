@@ -74,9 +74,9 @@ else:
 
 @pytest.fixture
 def proxy(redis_url: str) -> Iterator[RedisProxy]:
-    port = urlparse(redis_url).port
-    assert port is not None
-    with redis_proxy(port) as p:
+    url = urlparse(redis_url)
+    assert url.port is not None
+    with redis_proxy(url.port, int(url.path.lstrip("/") or 0)) as p:
         yield p
 
 
