@@ -130,25 +130,43 @@ def sigkill_tree(proc: subprocess.Popen[bytes]) -> list[int]:
     RQ's work horse runs in its own process group, so killing the group would miss it; the tree
     is found through /proc instead. Freezing first means nobody forks or finishes in between.
     """
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(proc.pid, signal.SIGSTOP)
-    pids = process_tree(proc.pid)
-    for sig in (signal.SIGSTOP, signal.SIGKILL):
-        for pid in pids:
+    # SIGSTOP is delivered asynchronously: a process may still fork (RQ's worker starts its
+    # scheduler process at any loop) after kill() returns. So each process is waited for until
+    # it is really stopped, and the tree is read again until no new process shows up; a
+    # scheduler missed here would outlive the test and write its lock into later tests' Redis.
+    pids: list[int] = []
+    while True:
+        fresh = [pid for pid in process_tree(proc.pid) if pid not in pids]
+        if not fresh:
+            break
+        for pid in fresh:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
+                os.kill(pid, signal.SIGSTOP)
+        for pid in fresh:
+            wait_for(partial(_stopped, pid), 10, f"pid {pid} to stop")
+        pids += fresh
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     proc.wait(timeout=10)
     for pid in pids[1:]:  # grandchildren are reaped by init; wait until they are gone or zombies
         wait_for(partial(_dead, pid), 10, f"pid {pid} to die")
     return pids
 
 
-def _dead(pid: int) -> bool:
+def _state(pid: int) -> str:
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
-        return True
-    return state in ("Z", "X")
+        return "X"
+
+
+def _stopped(pid: int) -> bool:
+    return _state(pid) in ("T", "t", "Z", "X")
+
+
+def _dead(pid: int) -> bool:
+    return _state(pid) in ("Z", "X")
 
 
 def stop_worker(proc: subprocess.Popen[bytes], timeout: float = 20) -> int:
