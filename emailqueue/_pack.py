@@ -31,13 +31,15 @@ Each email's Resend id (from the batch reply) is recorded on its lifecycle's sen
 on success (``result_ttl=0``). Look one up with :meth:`._store.JobStore.resend_id` or
 ``emailqueue status <job id>``.
 
-VM workers (``rq worker``) do not pack (yet): each runs one RQ job at a time, as RQ expects.
-They deliver beside packing drains safely: a job is either in the queue (a worker may take it)
-or in a pack (in no RQ list). Two things keep a worker from packing in this version. The job RQ
-is running cannot ride in a pack: if the worker died, RQ's recovery would requeue that job
-under its own key while the pack, recovered too, carries its email again. And a pack a worker
-claims needs someone to recover it if the worker dies: drains do that, but a deployment with
-VM workers only runs none, and RQ knows nothing of packs.
+``emailqueue worker`` packs too (:class:`._worker.EmailWorker`): between jobs, it runs this same
+drain code in its own process, bounded, through a Resend client of its own (RQ forks a work
+horse per job, and the horses own the preloaded one). Two things make that safe. The job RQ is
+running is never in a pack: RQ popped it before any pack was claimed, and it runs alone under its
+own key; a round takes only what is still queued. And the packs of a worker that dies are
+recovered by the next round of any worker (each runs one when it starts and on RQ's maintenance
+cadence: every 10 minutes, or up to about 14 on an idle worker, which checks it between its
+405 s waits for a job) or by a drain, so a deployment with VM workers only recovers them too.
+A stock ``rq worker`` does not pack, unless given ``--worker-class emailqueue.EmailWorker``.
 """
 
 from __future__ import annotations
