@@ -14,6 +14,10 @@ Keys of one queue ``<q>``:
   comma-separated, in body order), ``body`` (the JSON array sent, written before the request),
   ``attempts``, ``error`` (the last error, for ``status``).
 
+A pack id ends in ``x<n>``, the number of emails it holds (``3f2a9c1b7d4e-0-1x100``), so
+``emailqueue status`` counts the emails in packs from the packs set alone, with one ``ZRANGE``
+and no read per pack (:func:`emails_in`).
+
 A packed job's hash keeps status ``queued`` while its pack is in flight (marking each job
 ``started`` would cost one more command per email); it is in no RQ list, so no worker or
 drain can take it twice. The pack entry is what recovery looks at.
@@ -80,7 +84,7 @@ while not full and taken < max_ids do
 end
 local out = {}
 for n, p in ipairs(packs) do
-  local pid = ARGV[12] .. n
+  local pid = ARGV[12] .. n .. 'x' .. #p.ids
   if #p.ids == 1 then
     -- A pack of one is no pack: the job goes the single way, under its own key.
     local id = p.ids[1]
@@ -147,6 +151,12 @@ class PackRow:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def emails_in(pack_id: str) -> int | None:
+    """How many emails the pack holds, read from its id (``...x<n>``); None if the id says not."""
+    _, sep, count = pack_id.rpartition("x")
+    return int(count) if sep and count.isdigit() else None
 
 
 class PackScripts:
