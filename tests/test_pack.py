@@ -259,9 +259,11 @@ def test_a_job_attempted_under_its_own_key_is_never_packed(
 def test_a_pack_that_keeps_failing_fails_every_job_with_the_reason(
     real_conn: redis.Redis, psettings: Settings, fake_resend: FakeResend
 ) -> None:
+    """Definite failures (408: Resend did not process the request) spend the pack's attempts, then
+    fail its jobs. An ambiguous one (a 5xx, a timeout) is held on instead: tests/test_unknown.py."""
     settings = psettings.model_copy(update={"email_max_attempts": 2})
     ids = enqueue(real_conn, settings, 3)
-    fake_resend.fail_next(2, 500, "internal_server_error")
+    fake_resend.fail_next(2, 408, "request_timeout")
     assert drain(connection=real_conn, settings=settings).retrying == 3
     report = drain(connection=real_conn, settings=settings, wall_clock=later_clock)
     assert (report.failed, report.sent) == (3, 0)
@@ -271,7 +273,7 @@ def test_a_pack_that_keeps_failing_fails_every_job_with_the_reason(
     assert len(keys) == 1 and len(fake_resend.requests) == 2  # retried as a unit, same key
     for job_id in ids:
         job = queue.fetch_job(job_id)
-        assert job is not None and job.meta[META_KEY]["error"]["name"] == "internal_server_error"
+        assert job is not None and job.meta[META_KEY]["error"]["name"] == "request_timeout"
     assert not real_conn.keys("emailqueue:pack*")
 
 
