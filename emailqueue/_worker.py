@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import redis
+from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.queue import Queue
 from rq.worker import Worker, WorkerStatus
@@ -192,6 +193,10 @@ class EmailWorker(Worker):
                 )  # fmt: skip
         finally:
             self.set_state(previous)
+        if self._stop_requested:
+            # A SIGTERM came during the round: stop now, as RQ does when one comes while idle,
+            # rather than in the wait for the next job (up to 405 s) that may follow a round.
+            raise StopRequested()
 
 
 def worker_command(settings: Settings, url: str, *, burst: bool = False) -> tuple[list[str], dict[str, str]]:

@@ -13,6 +13,7 @@ over HTTP.
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -190,3 +191,42 @@ def test_with_email_pack_false_the_worker_sends_one_request_per_email(
     assert sorted(r.headers["idempotency-key"] for r in fake_resend.requests) == sorted(
         f"emailqueue-{i}" for i in ids
     )
+
+
+@pytest.mark.slow
+def test_a_sigterm_during_a_round_stops_the_worker_after_it_with_nothing_lost(
+    real_conn: redis.Redis,
+    redis_url: str,
+    fake_resend: FakeResend,
+    new_ledger: Callable[[str], Ledger],
+    tmp_path: Path,
+) -> None:
+    """A deploy stops the worker (SIGTERM) while its round's pack is at Resend: the round ends as
+    usual (the pack is acked) and the worker exits at once, cleanly, instead of breaking off the
+    round or waiting for another job first."""
+    settings = make_settings(fake_resend, redis_url, email_pack=True)
+    ledger = new_ledger("vm-worker/sigterm-during-a-round")
+    recipients = people(40, "wterm")
+    first_gate = fake_resend.hold()
+    with open(tmp_path / "worker.log", "wb") as log:
+        worker = start_emailqueue_worker(packing_env(redis_url, fake_resend), log, tmp_path)
+        try:
+            wait_for(lambda: idle_worker(real_conn), 30, "the worker to wait for jobs")
+            enqueue(real_conn, settings, recipients[:1])
+            assert first_gate.arrived.wait(20), "the worker never sent the first email"
+            enqueue(real_conn, settings, recipients[1:])
+            ledger.expect(recipients)
+            pack_gate = fake_resend.hold()
+            first_gate.release()
+            assert pack_gate.arrived.wait(20), "the worker's round never sent its pack"
+            worker.send_signal(signal.SIGTERM)
+            pack_gate.release()
+            rc = worker.wait(timeout=30)
+        finally:
+            first_gate.release()
+            stop_worker(worker)
+    output = (tmp_path / "worker.log").read_text(errors="replace")
+    counts = ledger.finish(worker_exit=rc)
+    assert rc == 0, output[-3000:]
+    assert (counts.lost, counts.duplicated, counts.stuck, counts.failed) == (0, 0, 0, 0), counts
+    assert counts.accepted == 40 and batch_sizes(fake_resend) == [39]
