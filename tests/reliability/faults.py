@@ -91,10 +91,27 @@ def start_drain(env: dict[str, str], log: IO[bytes], cwd: Path) -> subprocess.Po
 
 
 def start_rq_worker(
-    redis_url: str, env: dict[str, str], log: IO[bytes], cwd: Path, *, burst: bool = False
+    redis_url: str,
+    env: dict[str, str],
+    log: IO[bytes],
+    cwd: Path,
+    *,
+    burst: bool = False,
+    extra: list[str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """The README's VM worker: ``rq worker --with-scheduler --serializer json --url URL emails``."""
-    args = [RQ, "worker", "--with-scheduler", "--serializer", "json", "--url", redis_url, "emails"]
+    """The README's VM worker: ``rq worker --with-scheduler --serializer json --url URL emails``
+    (``extra``: more options, before the queue name)."""
+    args = [
+        RQ,
+        "worker",
+        "--with-scheduler",
+        "--serializer",
+        "json",
+        "--url",
+        redis_url,
+        *(extra or []),
+        "emails",
+    ]
     return subprocess.Popen(
         [*args, "--burst"] if burst else args, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT
     )

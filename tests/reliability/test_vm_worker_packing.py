@@ -29,6 +29,7 @@ from .faults import (
     lapse_pack_leases,
     sigkill_tree,
     start_emailqueue_worker,
+    start_rq_worker,
     stop_worker,
     wait_for,
     worker_env,
@@ -83,6 +84,34 @@ def test_a_burst_worker_packs_a_backlog_of_300_into_3_requests(
     assert counts.accepted == 300 and counts.requests == 3, counts
     assert batch_sizes(fake_resend) == [100, 100, 100]
     assert "packing round (maintenance): 3 request(s), 300 sent in 3 pack(s)" in output
+
+
+@pytest.mark.slow
+def test_a_stock_rq_worker_packs_with_emailqueues_worker_class(
+    real_conn: redis.Redis,
+    redis_url: str,
+    fake_resend: FakeResend,
+    new_ledger: Callable[[str], Ledger],
+    tmp_path: Path,
+) -> None:
+    """The README's plain command with ``--worker-class emailqueue.EmailWorker`` packs too (no
+    preloading there: the round reads the settings itself)."""
+    settings = make_settings(fake_resend, redis_url, email_pack=True)
+    ledger = new_ledger("vm-worker/stock-rq-worker-with-the-worker-class")
+    recipients = people(150, "wstock")
+    enqueue(real_conn, settings, recipients)
+    ledger.expect(recipients)
+    args = ["--job-class", "emailqueue.EmailJob", "--worker-class", "emailqueue.EmailWorker"]
+    with open(tmp_path / "worker.log", "wb") as log:
+        worker = start_rq_worker(
+            redis_url, packing_env(redis_url, fake_resend), log, tmp_path, burst=True, extra=args
+        )
+        rc = worker.wait(timeout=120)
+    output = (tmp_path / "worker.log").read_text(errors="replace")
+    counts = ledger.finish(worker_exit=rc, batches=batch_sizes(fake_resend))
+    assert rc == 0, output[-3000:]
+    assert (counts.lost, counts.duplicated, counts.stuck, counts.failed) == (0, 0, 0, 0), counts
+    assert batch_sizes(fake_resend) == [50, 100] and counts.requests == 2, counts
 
 
 @pytest.mark.slow
