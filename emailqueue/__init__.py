@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from ._resend import ResendClient, build_http_client
     from ._settings import Settings, load_settings
     from ._status import Health, QueueStatus, RequeueReport, health, queue_status, requeue_failed
-    from ._worker import EmailJob
+    from ._worker import EmailJob, EmailWorker
 
 # The rest is imported on first use: a cold serverless function pays only for what it touches.
 _LAZY = {
@@ -51,6 +51,7 @@ _LAZY = {
     "drain": "_drain",
     "configure_worker": "_jobs",
     "EmailJob": "_worker",
+    "EmailWorker": "_worker",
     "Attachment": "_message",
     "EmailMessage": "_message",
     "Tag": "_message",
@@ -87,6 +88,7 @@ __all__ = [
     "EmailJob",
     "EmailMessage",
     "EmailQueueError",
+    "EmailWorker",
     "FieldProblem",
     "Health",
     "InvalidEmailError",

@@ -168,6 +168,7 @@ def _cmd_status(args: argparse.Namespace, out: IO[str]) -> int:
     out.write(
         f"queue {settings.email_queue_name}: {status['queued']} queued, {status['started']} in progress, "
         f"{status['scheduled']} waiting to retry, {status['failed']} failed"
+        + (f", {status['in_packs']} in {status['packs']} pack(s)" if status.get("packs") else "")
         + (f"; oldest queued {age:.0f}s ago" if age is not None else "")
         + "\n"
     )

@@ -105,7 +105,8 @@ class SendError(EmailQueueError):
     Attributes:
         status_code: the HTTP status, or ``None`` for a network error or timeout.
         name: Resend's error name (``validation_error``, ``rate_limit_exceeded``, ...) or ours
-            (``timeout``, ``network_error``).
+            (``timeout``, ``network_error``, ``connect_timeout``, ``connect_error``,
+            ``outcome_unknown``).
         retry_after: seconds Resend asked us to wait, if it said.
     """
 

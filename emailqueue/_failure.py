@@ -29,7 +29,8 @@ class FailureRecord(TypedDict, total=False):
     """``error``: the last error (None after a requeue); ``attempts``: failed attempts since the
     last requeue; ``failed_at``: ISO time of the last counted failure; ``next_retry_in_s``: the
     scheduled retry, None if none; ``requeued``: how often it was requeued; ``past_attempts``:
-    attempts spent before the last requeue."""
+    attempts spent before the last requeue; ``maybe_sent``: a send of it failed ambiguously (a
+    timeout, a lost reply, a 5xx), so Resend may have accepted it (see ``_retry``)."""
 
     error: ErrorRecord | None
     attempts: int
@@ -37,6 +38,7 @@ class FailureRecord(TypedDict, total=False):
     next_retry_in_s: int | None
     requeued: int
     past_attempts: int
+    maybe_sent: bool
 
 
 def read_record(meta: Any) -> FailureRecord:
@@ -57,6 +59,8 @@ def read_record(meta: Any) -> FailureRecord:
     _copy_ints(record, out)
     if isinstance(record.get("failed_at"), str):
         out["failed_at"] = record["failed_at"]
+    if record.get("maybe_sent") is True:
+        out["maybe_sent"] = True
     return out
 
 
@@ -85,6 +89,11 @@ def attempts_of(meta: Any) -> int:
     return read_record(meta).get("attempts", 0)
 
 
+def maybe_sent_of(meta: Any) -> bool:
+    """Whether a send of the job failed ambiguously before: Resend may have accepted it."""
+    return read_record(meta).get("maybe_sent", False)
+
+
 def failure_record(
     meta: Any,
     *,
@@ -93,12 +102,15 @@ def failure_record(
     status_code: int | None = None,
     next_retry_in_s: int | None = None,
     count_attempt: bool = True,
+    maybe_sent: bool = False,
 ) -> FailureRecord:
-    """The record after a failure. What the previous record held (requeue counts) is kept; a
-    counted attempt bumps ``attempts`` and stamps ``failed_at``."""
+    """The record after a failure. What the previous record held (requeue counts, ``maybe_sent``)
+    is kept; a counted attempt bumps ``attempts`` and stamps ``failed_at``."""
     record = read_record(meta)
     record["error"] = {"name": name, "message": message, "status_code": status_code}
     record["next_retry_in_s"] = next_retry_in_s
+    if maybe_sent:
+        record["maybe_sent"] = True
     if count_attempt:
         record["attempts"] = record.get("attempts", 0) + 1
         record["failed_at"] = datetime.now(UTC).isoformat()
@@ -108,12 +120,15 @@ def failure_record(
 def requeue_record(meta: Any) -> FailureRecord:
     """The record of a job put back on the queue: no error, attempts counted as past ones."""
     old = read_record(meta)
-    return {
+    record: FailureRecord = {
         "error": None,
         "attempts": 0,
         "requeued": old.get("requeued", 0) + 1,
         "past_attempts": old.get("past_attempts", 0) + old.get("attempts", 0),
     }
+    if old.get("maybe_sent"):
+        record["maybe_sent"] = True  # the key's earlier sends still count: Resend may have it
+    return record
 
 
 def meta_with(meta: Any, record: FailureRecord) -> str:

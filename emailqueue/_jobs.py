@@ -25,11 +25,12 @@ from rq.job import Job
 
 from ._events import record_sent, sent_emails
 from ._exceptions import ConfigurationError, SendError
+from ._failure import maybe_sent_of
 from ._outbox import OutboxClient
 from ._payload import parse_payload
 from ._ratelimit import RateLimiter, limiter_key
 from ._resend import ResendClient, build_http_client
-from ._retry import apply_failure_policy, keep_for_later
+from ._retry import apply_failure_policy, keep_for_later, outcome_unknown, window_closing
 from ._send import Outcome, Sender, send
 from ._settings import Settings, load_settings
 from ._store import JobStore
@@ -162,6 +163,14 @@ def _record_sent(job: Job, raw: Any, outcome: Outcome, settings: Settings) -> No
         log.warning("job %s: sent, but its lifecycle record failed (%r)", job.id, exc)
 
 
+def _key_forgotten(job: Job) -> bool:
+    """A send of the job failed ambiguously, and Resend's memory of its key is about to end."""
+    created = job.created_at
+    return (
+        created is not None and maybe_sent_of(job.meta) and window_closing(created.timestamp(), time.time())
+    )
+
+
 def send_payload(
     raw: Any,
     client: Sender,
@@ -176,13 +185,17 @@ def send_payload(
     policy to ``job``."""
     try:
         payload = parse_payload(raw)
+        if job is not None and _key_forgotten(job):
+            raise outcome_unknown(None)  # Resend may have forgotten its key: never send it again
         wait = (
             max(0.0, (job.timeout or settings.email_job_timeout_s) - settings.send_timeout_s) if job else 0.0
         )
         outcome = send(payload, client, limiter=limiter, wait=wait)
     except SendError as exc:
         if job is not None:
-            apply_failure_policy(job, exc, settings, rng=rng)
+            recorded = apply_failure_policy(job, exc, settings, rng=rng)
+            if recorded is not exc:
+                raise recorded from exc  # outcome_unknown: what RQ logs and records as the reason
         raise
     if outcome.rejected and job is not None:
         (store or JobStore(job.connection, job.origin, settings)).record_rejected(payload, outcome.rejected)

@@ -21,6 +21,11 @@ Exactly once, as for a single job:
 4. **Permissive validation.** One bad email does not sink the others: Resend sends the valid
    ones and lists the rejected indexes; each rejected email fails alone, through the store's one
    failure path, with Resend's message.
+5. **Not failed while Resend may have it.** A pack whose attempts run out after a send of it
+   failed ambiguously (a lost reply, a 5xx) is resent as a unit at the backoff cap until Resend
+   answers for certain, and its jobs fail as ``outcome_unknown`` only when the key's 24 h window
+   is closing (:mod:`._retry`): failed, each would be requeued under its own key, which Resend
+   cannot match with the pack's.
 
 Packing never waits for a batch to fill: a drain packs what is queued when it claims. Emails
 the batch endpoint refuses (attachments, ``send_at``), fan-out chunks (already batches) and
@@ -31,13 +36,15 @@ Each email's Resend id (from the batch reply) is recorded on its lifecycle's sen
 on success (``result_ttl=0``). Look one up with :meth:`._store.JobStore.resend_id` or
 ``emailqueue status <job id>``.
 
-VM workers (``rq worker``) do not pack (yet): each runs one RQ job at a time, as RQ expects.
-They deliver beside packing drains safely: a job is either in the queue (a worker may take it)
-or in a pack (in no RQ list). Two things keep a worker from packing in this version. The job RQ
-is running cannot ride in a pack: if the worker died, RQ's recovery would requeue that job
-under its own key while the pack, recovered too, carries its email again. And a pack a worker
-claims needs someone to recover it if the worker dies: drains do that, but a deployment with
-VM workers only runs none, and RQ knows nothing of packs.
+``emailqueue worker`` packs too (:class:`._worker.EmailWorker`): between jobs, it runs this same
+drain code in its own process, bounded, through a Resend client of its own (RQ forks a work
+horse per job, and the horses own the preloaded one). Two things make that safe. The job RQ is
+running is never in a pack: RQ popped it before any pack was claimed, and it runs alone under its
+own key; a round takes only what is still queued. And the packs of a worker that dies are
+recovered by the next round of any worker (each runs one when it starts and on RQ's maintenance
+cadence: every 10 minutes, or up to about 14 on an idle worker, which checks it between its
+405 s waits for a job) or by a drain, so a deployment with VM workers only recovers them too.
+A stock ``rq worker`` does not pack, unless given ``--worker-class emailqueue.EmailWorker``.
 """
 
 from __future__ import annotations
@@ -55,6 +62,7 @@ from ._exceptions import PermanentSendError, QuotaExceededError, RetryableSendEr
 from ._pack_scripts import PackRow
 from ._payload import MAX_BATCH, Payload, decode_job_data, parse_payload
 from ._ratelimit import RateLimiter
+from ._retry import hold_on_delay, is_ambiguous, outcome_unknown, window_closing
 from ._send import Outcome, Sender, send
 from ._settings import Settings
 from ._store import JobStore
@@ -138,6 +146,8 @@ class Packer:
             return Outcome(sent=0)
         if delay > 0:
             sleep(delay)
+        if pack.row.maybe_sent and window_closing(pack.row.since, self.wall_clock()):
+            raise outcome_unknown(None)  # Resend may have forgotten the key: a resend could send twice
         payload = Payload(list(pack.emails), pack.row.key, None, list(pack.ids), batch=True)
         return send(payload, self.client, limiter=self.limiter, slot_reserved=True)
 
@@ -162,25 +172,46 @@ class Packer:
             if isinstance(error, SendError)
             else RetryableSendError(repr(error)[:300], name="internal_error")
         )
-        now, attempts = self.wall_clock(), pack.row.attempts + 1
+        return self._retry_or_fail(pack.row, exc)
+
+    def _retry_or_fail(self, row: PackRow, exc: SendError) -> Settled:
+        """A failed request: retry the pack as a unit (quota: without spending an attempt), or,
+        out of attempts, fail its jobs; unless Resend may have accepted it (see ``_retry``)."""
+        now, attempts, settings = self.wall_clock(), row.attempts + 1, self.settings
+        maybe_sent = row.maybe_sent or is_ambiguous(exc)
+        wait: int | None = None
         if isinstance(exc, QuotaExceededError):
-            quota = self.settings.email_quota_retry_s
+            quota = settings.email_quota_retry_s
             wait = compute_backoff(1, base=quota, cap=quota, retry_after=exc.retry_after, rng=self.rng)
-            self.store.pack_retry(pack.row, due=now + wait, error=exc, spend=False)
+            self.store.pack_retry(row, due=now + wait, error=exc, spend=False, maybe_sent=maybe_sent)
             return Settled(sent=0, failed=0, retrying=True)
-        if isinstance(exc, RetryableSendError) and attempts < self.settings.email_max_attempts:
+        if isinstance(exc, RetryableSendError) and attempts < settings.email_max_attempts:
             wait = compute_backoff(
                 attempts,
-                base=self.settings.email_backoff_base_s,
-                cap=self.settings.email_backoff_cap_s,
+                base=settings.email_backoff_base_s,
+                cap=settings.email_backoff_cap_s,
                 retry_after=exc.retry_after,
                 rng=self.rng,
             )
-            log.warning("pack %s attempt %d failed (%s); retry in %ds", pack.row.key, attempts, exc, wait)
-            self.store.pack_retry(pack.row, due=now + wait, error=exc)
+            log.warning("pack %s attempt %d failed (%s); retry in %ds", row.key, attempts, exc, wait)
+        elif maybe_sent and isinstance(exc, RetryableSendError):
+            # Out of attempts, but Resend may have the pack: resend it under its key while it lasts.
+            wait = hold_on_delay(
+                exc, attempts=attempts, since=row.since, now=now, settings=settings, rng=self.rng
+            )
+            if wait is None:
+                exc = outcome_unknown(exc)
+            else:
+                log.warning(
+                    "pack %s attempt %d failed (%s) and Resend may have accepted it: resent under the "
+                    "same key in %ds, until Resend answers for certain",
+                    row.key, attempts, exc, wait,
+                )  # fmt: skip
+        if wait is not None:
+            self.store.pack_retry(row, due=now + wait, error=exc, maybe_sent=maybe_sent)
             return Settled(sent=0, failed=0, retrying=True)
-        log.warning("pack %s failed for good after %d attempt(s): %s", pack.row.key, attempts, exc)
-        failed = self.store.pack_fail(pack.row, exc)
+        log.warning("pack %s failed for good after %d attempt(s): %s", row.key, attempts, exc)
+        failed = self.store.pack_fail(row, exc)
         return Settled(sent=0, failed=len(failed), retrying=False)
 
 

@@ -12,7 +12,13 @@ Keys of one queue ``<q>``:
   whose drain died is recovered as a unit by a later drain.
 - ``emailqueue:pack:<q>:<pack id>``: hash: ``key`` (the Idempotency-Key), ``ids`` (the job ids,
   comma-separated, in body order), ``body`` (the JSON array sent, written before the request),
-  ``attempts``, ``error`` (the last error, for ``status``).
+  ``attempts``, ``error`` (the last error, for ``status``), ``since`` (Unix time of the claim,
+  before any request under the key: when Resend's 24 h memory of the key begins at the earliest),
+  ``unknown`` (``1`` once a send failed ambiguously: Resend may have accepted the pack).
+
+A pack id ends in ``x<n>``, the number of emails it holds (``3f2a9c1b7d4e-0-1x100``), so
+``emailqueue status`` counts the emails in packs from the packs set alone, with one ``ZRANGE``
+and no read per pack (:func:`emails_in`).
 
 A packed job's hash keeps status ``queued`` while its pack is in flight (marking each job
 ``started`` would cost one more command per email); it is in no RQ list, so no worker or
@@ -80,7 +86,7 @@ while not full and taken < max_ids do
 end
 local out = {}
 for n, p in ipairs(packs) do
-  local pid = ARGV[12] .. n
+  local pid = ARGV[12] .. n .. 'x' .. #p.ids
   if #p.ids == 1 then
     -- A pack of one is no pack: the job goes the single way, under its own key.
     local id = p.ids[1]
@@ -89,7 +95,8 @@ for n, p in ipairs(packs) do
     redis.call('HSET', ARGV[7] .. id, 'status', 'started', 'started_at', ARGV[6], 'worker_name', ARGV[5])
     singles[#singles + 1] = {id, member, p.data[1], p.meta, ''}
   else
-  redis.call('HSET', ARGV[11] .. pid, 'key', ARGV[15] .. pid, 'ids', table.concat(p.ids, ','), 'attempts', 0)
+  redis.call('HSET', ARGV[11] .. pid, 'key', ARGV[15] .. pid, 'ids', table.concat(p.ids, ','), 'attempts', 0,
+    'since', ARGV[3])
   redis.call('ZADD', KEYS[3], now + lease, pid)
   out[#out + 1] = {pid, ARGV[15] .. pid, p.ids, p.data}
   end
@@ -99,16 +106,16 @@ return {singles, out}
 
 #: Take up to ARGV[2] due packs (a dead drain's, or a retry whose time has come): each is pushed
 #: ARGV[3] s ahead, so no other drain takes it meanwhile. An entry without its hash is dropped.
-#: KEYS: packs. Returns {pack id, key, ids, body, attempts} each.
+#: KEYS: packs. Returns {pack id, key, ids, body, attempts, since, unknown} each.
 _PACK_TAKE = """
 local now = tonumber(ARGV[1])
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
 local out = {}
 for _, pid in ipairs(due) do
-  local h = redis.call('HMGET', ARGV[4] .. pid, 'key', 'ids', 'body', 'attempts')
+  local h = redis.call('HMGET', ARGV[4] .. pid, 'key', 'ids', 'body', 'attempts', 'since', 'unknown')
   if h[1] and h[2] then
     redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), pid)
-    out[#out + 1] = {pid, h[1], h[2], h[3] or '', h[4] or '0'}
+    out[#out + 1] = {pid, h[1], h[2], h[3] or '', h[4] or '0', h[5] or '0', h[6] or ''}
   else
     redis.call('ZREM', KEYS[1], pid)
   end
@@ -135,7 +142,8 @@ class PackKeys:
 @dataclass(frozen=True)
 class PackRow:
     """A pack as claimed or taken: its id, Idempotency-Key, job ids (body order), and either the
-    jobs' data (a fresh claim) or the stored body (a taken pack; empty if none was stored)."""
+    jobs' data (a fresh claim) or the stored body (a taken pack; empty if none was stored);
+    ``since``: when it was claimed (Unix time); ``maybe_sent``: a send of it failed ambiguously."""
 
     pack_id: str
     key: str
@@ -143,10 +151,18 @@ class PackRow:
     data: list[bytes]
     body: str = ""
     attempts: int = 0
+    since: float = 0.0
+    maybe_sent: bool = False
 
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def emails_in(pack_id: str) -> int | None:
+    """How many emails the pack holds, read from its id (``...x<n>``); None if the id says not."""
+    _, sep, count = pack_id.rpartition("x")
+    return int(count) if sep and count.isdigit() else None
 
 
 class PackScripts:
@@ -182,7 +198,9 @@ class PackScripts:
             accepted_field, pack_field, self.keys.pack_prefix, pack_id_prefix, max_pack, lease, key_prefix,
         ]  # fmt: skip
         singles, packs = self._run(_PACK_CLAIM, [*queue_keys, self.keys.packs], args)
-        rows = [PackRow(_text(p[0]), _text(p[1]), [_text(i) for i in p[2]], list(p[3])) for p in packs]
+        rows = [
+            PackRow(_text(p[0]), _text(p[1]), [_text(i) for i in p[2]], list(p[3]), since=now) for p in packs
+        ]
         return singles, rows
 
     def take(self, *, now: float, limit: int, lease: int) -> list[PackRow]:
@@ -195,6 +213,8 @@ class PackScripts:
                 [],
                 body=_text(r[3]),
                 attempts=int(_text(r[4]) or 0),
+                since=float(_text(r[5]) or 0),
+                maybe_sent=_text(r[6]) == "1",
             )
             for r in rows
         ]

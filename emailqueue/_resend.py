@@ -81,7 +81,15 @@ def error_from_exception(exc: httpx.HTTPError) -> SendError:
 
     A timeout is retryable because the retry carries the same Idempotency-Key: if Resend did
     accept the first request, it answers the retry with the original reply and sends nothing.
+    A connection that never opened (``connect_timeout``, ``connect_error``; a pool timeout is one
+    too) is told apart: that request cannot have reached Resend (see ``_retry.is_ambiguous``).
     """
+    if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+        return RetryableSendError(
+            f"could not connect to Resend in time ({type(exc).__name__})", name="connect_timeout"
+        )
+    if isinstance(exc, httpx.ConnectError):
+        return RetryableSendError(f"could not connect to Resend ({type(exc).__name__})", name="connect_error")
     if isinstance(exc, httpx.TimeoutException):
         return RetryableSendError(f"no reply from Resend in time ({type(exc).__name__})", name="timeout")
     if isinstance(exc, httpx.TransportError):

@@ -11,18 +11,41 @@ or the drain's through :mod:`._store`) does the right thing:
 - misconfigured worker (no API key): the job is kept, no attempt spent, retried in a minute.
 
 The error name, message and attempt count go into the job's failure record for the status API.
+
+**Outcome unknown.** A send that failed *ambiguously* (:func:`is_ambiguous`: a timeout, a
+connection lost after the request went out, a 5xx, a 409 ``concurrent_idempotent_requests``, a
+reply we could not read) may have been accepted by Resend. Once such a send has happened, failing
+the job would record as failed an email Resend may have sent, and a requeue could send it again.
+Resending it under the same Idempotency-Key is safe while Resend remembers the key, 24 h
+(docs/PLATFORM.md, "Resend: idempotency keys"). So when the attempts of a job (or a pack,
+:mod:`._pack`) run out and any of its sends was ambiguous, it is not failed: it is retried at the
+backoff cap under the same key (:func:`hold_on_delay`) until Resend answers for certain
+(accepted: done; refused: failed with Resend's reason), and only when the key's window is about
+to close (``KEY_WINDOW_S - KEY_WINDOW_MARGIN_S`` after the key's first possible use) does it
+fail, as ``outcome_unknown``, with a record saying it may have been delivered. A send is never
+made within ``SEND_GUARD_S`` of the window's end after an ambiguous one (:func:`window_closing`).
+Definite failures (a 429 ``rate_limit_exceeded``, 408/425, a quota error, no send slot, a
+connection that never opened) leave the count of attempts as it was.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
+import time
 
 from rq.job import Job
 
 from ._backoff import compute_backoff
-from ._exceptions import ConfigurationError, PermanentSendError, QuotaExceededError, SendError
-from ._failure import attempts_of, failure_record, record_on
+from ._exceptions import (
+    ConfigurationError,
+    PermanentSendError,
+    QuotaExceededError,
+    RetryableSendError,
+    SendError,
+)
+from ._failure import attempts_of, failure_record, maybe_sent_of, record_on
 from ._settings import Settings
 
 log = logging.getLogger("emailqueue")
@@ -31,6 +54,69 @@ log = logging.getLogger("emailqueue")
 LOCAL_RATE_LIMIT = "local_rate_limit"
 #: How long a job waits when the worker is misconfigured (no key): it is kept, not failed.
 MISCONFIGURED_RETRY_S = 60
+#: Resend remembers an Idempotency-Key this long (docs/PLATFORM.md, "Resend: idempotency keys").
+KEY_WINDOW_S = 24 * 3600
+#: An ambiguous send is retried under its key until this long before the window closes: a retry
+#: due then may still wait for the next drain run, or behind a backlog.
+KEY_WINDOW_MARGIN_S = 3600
+#: After an ambiguous send, no send is made this close to the window's end (it fails as unknown).
+SEND_GUARD_S = 600
+#: The error name of an email whose fate Resend never told us before its key's window closed.
+OUTCOME_UNKNOWN = "outcome_unknown"
+#: Our error names for requests that never left this host: they cannot have been accepted.
+_NEVER_SENT = frozenset({LOCAL_RATE_LIMIT, "connect_error", "connect_timeout"})
+
+
+def is_ambiguous(exc: SendError) -> bool:
+    """Whether Resend may have accepted the request that failed with ``exc``."""
+    if not isinstance(exc, RetryableSendError) or isinstance(exc, QuotaExceededError):
+        return False  # a definite refusal, or a quota error (nothing was processed)
+    # Refused before it was processed (never sent; 429 rate_limit_exceeded, 408, 425), or else
+    # ambiguous: a timeout, a lost connection, a 5xx, a concurrent 409, an unreadable reply.
+    return exc.name not in _NEVER_SENT and exc.status_code not in (408, 425, 429)
+
+
+def hold_on_delay(
+    exc: SendError,
+    *,
+    attempts: int,
+    since: float,
+    now: float,
+    settings: Settings,
+    rng: random.Random | None = None,
+) -> int | None:
+    """Seconds until the next send of a job or pack whose attempts ran out while its outcome is
+    unknown (a send since ``since``, Unix time, may have been accepted): at the backoff cap, and
+    never past ``since + KEY_WINDOW_S - KEY_WINDOW_MARGIN_S``. None: the window is closing, fail
+    it as :data:`OUTCOME_UNKNOWN`."""
+    deadline = since + KEY_WINDOW_S - KEY_WINDOW_MARGIN_S
+    if not isinstance(exc, RetryableSendError) or now >= deadline:
+        return None
+    delay = compute_backoff(
+        attempts,
+        base=settings.email_backoff_base_s,
+        cap=settings.email_backoff_cap_s,
+        retry_after=exc.retry_after,
+        rng=rng,
+    )
+    return max(1, min(delay, math.ceil(deadline - now)))
+
+
+def window_closing(since: float, now: float) -> bool:
+    """Whether a send now, after an ambiguous one since ``since``, could come after Resend forgot
+    the key (so a replay could be sent as a new email)."""
+    return now >= since + KEY_WINDOW_S - SEND_GUARD_S
+
+
+def outcome_unknown(last: SendError | None) -> PermanentSendError:
+    """The error an email fails with when its key's window closed before Resend told us its fate."""
+    why = f" (the last attempt: {last.name}: {last.message})" if last is not None else ""
+    return PermanentSendError(
+        "Resend may have delivered this email: a send timed out or lost its reply, and no later "
+        f"send under its Idempotency-Key got a definite answer before the key's 24 h window closed{why}. "
+        "Check Resend (dashboard or GET /emails) before requeueing it: a requeue may send it twice.",
+        name=OUTCOME_UNKNOWN,
+    )
 
 
 def keep_for_later(job: Job, exc: ConfigurationError) -> None:
@@ -77,11 +163,28 @@ def _delay(
 
 
 def apply_failure_policy(
-    job: Job, exc: SendError, settings: Settings, *, rng: random.Random | None = None
-) -> None:
-    """Record the failure on ``job`` and set how RQ should retry it (see the module docstring)."""
+    job: Job,
+    exc: SendError,
+    settings: Settings,
+    *,
+    rng: random.Random | None = None,
+    now: float | None = None,
+) -> SendError:
+    """Record the failure on ``job`` and set how RQ should retry it (see the module docstring).
+    Returns the error recorded: ``exc``, or :func:`outcome_unknown` when the job fails while a
+    send of it may have been accepted and its key's window is closing."""
     attempts = attempts_of(job.meta) + 1
+    maybe_sent = maybe_sent_of(job.meta) or is_ambiguous(exc)
     delay, job.retries_left = _delay(exc, attempts, job.retries_left or 0, settings, rng)
+    if delay is None and maybe_sent and not isinstance(exc, PermanentSendError):
+        # Out of attempts, but Resend may have this email: retry under its key while it lasts.
+        since = job.created_at.timestamp() if job.created_at else 0.0  # before any send of its key
+        now = time.time() if now is None else now
+        delay = hold_on_delay(exc, attempts=attempts, since=since, now=now, settings=settings, rng=rng)
+        if delay is None:
+            exc = outcome_unknown(exc)
+        else:
+            job.retries_left = 1
     if delay is not None:
         job.retry_intervals = [delay]
     record = failure_record(
@@ -90,6 +193,7 @@ def apply_failure_policy(
         message=exc.message,
         status_code=exc.status_code,
         next_retry_in_s=delay,
+        maybe_sent=maybe_sent,
     )
     # RQ persists the job when it schedules a retry, but not when it fails it for good.
     record_on(job, record, save=True)
@@ -97,3 +201,4 @@ def apply_failure_policy(
         log.warning("job %s failed for good after %d attempt(s): %s", job.id, attempts, exc)
     else:
         log.warning("job %s attempt %d failed (%s); retry in %ds", job.id, attempts, exc, delay)
+    return exc

@@ -122,7 +122,10 @@ class Settings(BaseSettings):
     )
     email_pack: bool = Field(
         default=True,
-        description="Drains pack queued single emails into POST /emails/batch requests of up to 100.",
+        description=(
+            "Drains and `emailqueue worker` pack queued single emails into POST /emails/batch "
+            "requests of up to 100."
+        ),
     )
     resend_rate_limit: float = Field(
         default=2.0, ge=0, description="Sends per second across all workers (Resend's team limit); 0: off."

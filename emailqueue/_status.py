@@ -2,10 +2,13 @@
 
 Everything reads RQ's own structures with plain commands on the registries' keys (LLEN, ZCARD,
 ZREVRANGEBYSCORE, HMGET), in two pipelined round trips (three when a job failed without our
-record, to read RQ's own reason). It never calls a registry's ``count``
-or ``get_job_ids()``: those run ``StartedJobRegistry.cleanup()``, which runs failure callbacks
-under a SIGALRM death penalty and so breaks off the main thread, as in FastAPI's threadpool
-(docs/PLATFORM.md, "RQ traps"). Recovering abandoned jobs is the drain's job anyway.
+record, to read RQ's own reason). Packs (:mod:`._pack`) cost one command more: a pack's jobs are
+in no RQ list while it is in flight or waiting for its retry, so one ``ZRANGE`` of the packs set
+counts them, each pack id ending in its number of emails (:func:`._pack_scripts.emails_in`).
+It never calls a registry's ``count`` or ``get_job_ids()``: those run
+``StartedJobRegistry.cleanup()``, which runs failure callbacks under a SIGALRM death penalty and
+so breaks off the main thread, as in FastAPI's threadpool (docs/PLATFORM.md, "RQ traps").
+Recovering abandoned jobs is the drain's job anyway.
 
 Nothing here returns a message body, an API key or the Redis URL: recipients are masked
 (``j***@example.com``) and every error message is scrubbed (``_records.scrub_text``).
@@ -29,6 +32,7 @@ from rq.utils import utcformat, utcparse
 from ._connection import redis_errors
 from ._exceptions import QueueError
 from ._keys import QueueKeys
+from ._pack_scripts import PackKeys, emails_in
 from ._records import (
     JOB_FIELDS,
     FailedJob,
@@ -63,6 +67,10 @@ class QueueStatus:
     #: write after the job was done), since the queue began: deleted, and put back on the queue.
     orphans_removed: int = 0
     orphans_requeued: int = 0
+    #: Packs (queued single emails sent together in one batch request) in flight or waiting for
+    #: their retry, and the emails in them: those jobs are in none of the counts above.
+    packs: int = 0
+    in_packs: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -140,9 +148,10 @@ def _counts(
     pipe.lindex(keys.queue, 0)
     pipe.smembers(keys.workers)
     pipe.hmget(keys.orphans, "removed", "requeued")
+    pipe.zrange(PackKeys.of(keys.name).packs, 0, -1)
     if limit:
         pipe.zrevrangebyscore(keys.failed, "+inf", now, start=0, num=limit)
-    queued, started, scheduled, failed, oldest, worker_keys, orphans, *rest = pipe.execute()
+    queued, started, scheduled, failed, oldest, worker_keys, orphans, packs, *rest = pipe.execute()
     counts = {
         "queued": int(queued),
         "started": int(started),
@@ -150,6 +159,8 @@ def _counts(
         "failed": int(failed),
         "orphans_removed": int(orphans[0] or 0),
         "orphans_requeued": int(orphans[1] or 0),
+        "packs": len(packs),
+        "in_packs": sum(emails_in(text_of(p)) or 0 for p in packs),
     }
     failed_ids = [text_of(v) for v in (rest[0] if rest else [])]
     return counts, oldest, failed_ids, sorted(text_of(v) for v in worker_keys)

@@ -41,6 +41,7 @@ from rq import Queue
 from rq.job import Job
 from rq.results import Result
 from rq.serializers import JSONSerializer
+from rq.utils import utcparse
 
 from ._enqueue import job_mapping
 from ._events import SentEmail, record_sent
@@ -116,6 +117,14 @@ class JobStore:
             record_sent(pipe, sent or [], ttl=self.settings.email_events_ttl_s, now=self.wall_clock())
             pipe.execute()
 
+    def created_at(self, job_id: str) -> float:
+        """When the job was created (Unix time), before any send under its key; 0 if unknown."""
+        raw = self.conn.hget(self.keys.job_prefix + job_id, "created_at")
+        try:
+            return utcparse(_text(raw)).timestamp() if raw else 0.0
+        except ValueError:
+            return 0.0
+
     # --- a VM worker's acceptance ---
     def is_accepted(self, job_id: str) -> bool:
         """Whether Resend's acceptance of this job's email(s) is recorded."""
@@ -137,7 +146,7 @@ class JobStore:
             Exception: RQ cannot load the job (garbage fields): the caller fails it raw.
         """
         job = Job.fetch(row.job_id, connection=self.conn, serializer=JSONSerializer)
-        apply_failure_policy(job, error, self.settings)
+        error = apply_failure_policy(job, error, self.settings, now=self.wall_clock())
         if job.should_retry:
             with self.conn.pipeline() as pipe:
                 pipe.zrem(self.keys.started, row.member)
@@ -326,12 +335,17 @@ class JobStore:
             record_sent(pipe, sent, ttl=self.settings.email_events_ttl_s, now=self.wall_clock())
             pipe.execute()
 
-    def pack_retry(self, pack: PackRow, *, due: float, error: SendError, spend: bool = True) -> None:
-        """Retry the pack at ``due`` as a unit: same ids, same body, same Idempotency-Key."""
+    def pack_retry(
+        self, pack: PackRow, *, due: float, error: SendError, spend: bool = True, maybe_sent: bool = False
+    ) -> None:
+        """Retry the pack at ``due`` as a unit: same ids, same body, same Idempotency-Key.
+        ``maybe_sent``: a send failed ambiguously, so Resend may have the pack (kept for good)."""
         key = self.pack_keys.pack_prefix + pack.pack_id
         with self.conn.pipeline(transaction=True) as pipe:
             if spend:
                 pipe.hincrby(key, "attempts", 1)
+            if maybe_sent:
+                pipe.hset(key, "unknown", "1")
             pipe.hset(key, "error", f"{error.name}: {error}"[:300])
             pipe.zadd(self.pack_keys.packs, {pack.pack_id: due}, xx=True)
             pipe.execute()

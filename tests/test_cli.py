@@ -66,6 +66,17 @@ def test_send_then_status_then_drain(env: dict[str, str], fake_resend: FakeResen
     assert code == 0 and "processed 0" in out
 
 
+def test_status_shows_the_emails_in_packs(env: dict[str, str], fake_resend: FakeResend) -> None:
+    """A pack waiting for its retry holds jobs that no other count shows."""
+    for i in range(3):
+        run("send", "--to", f"p{i}@example.com", "--subject", "Hi", "--text", "x")
+    fake_resend.fail_next(1, 500, "internal_server_error")
+    code, out = run("drain", "--json")
+    assert code == 0 and json.loads(out)["retrying"] == 3
+    code, out = run("status")
+    assert code == 0 and "0 queued" in out and "3 in 1 pack(s)" in out, out
+
+
 def test_failed_list_and_requeue(env: dict[str, str], fake_resend: FakeResend) -> None:
     fake_resend.fail_next(1, 422, "validation_error", "rejected ada@example.com")
     _, out = run("send", "--to", "ada@example.com", "--subject", "Hi", "--text", "x")

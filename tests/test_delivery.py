@@ -122,7 +122,9 @@ def test_422_fails_after_one_attempt_with_error_visible(
 def test_attempts_are_bounded_then_job_is_kept_in_failed(
     queue: Queue, settings: Settings, fake_resend: FakeResend
 ) -> None:
-    fake_resend.fail_next(100, 500, "internal_server_error")
+    """Definite failures (here 408: Resend did not process the request) spend the attempts, then
+    the job fails. An ambiguous one (a 5xx, a timeout) is held on instead: tests/test_unknown.py."""
+    fake_resend.fail_next(100, 408, "request_timeout")
     job_id = send_email(to="ada@example.com", subject="Hi", text="x", queue=queue, settings=settings)
     run_until_settled(queue)
     assert len(fake_resend.requests) == settings.email_max_attempts

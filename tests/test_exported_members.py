@@ -7,6 +7,7 @@ EXPECTED = [
     "EmailJob",
     "EmailMessage",
     "EmailQueueError",
+    "EmailWorker",
     "FieldProblem",
     "Health",
     "InvalidEmailError",

@@ -247,6 +247,32 @@ def test_fail_next_500_then_the_retry_is_processed_fresh(fake: FakeResend) -> No
     assert fake.accepted_count_by_key() == {"k-1": 1}
 
 
+def test_drop_after_accept_closes_the_connection_then_the_retry_gets_the_original_reply(
+    fake: FakeResend,
+) -> None:
+    fake.drop_after_accept(1)
+    with pytest.raises(httpx.RemoteProtocolError):
+        post(fake, key="k-drop")
+    assert len(fake.accepted) == 1  # accepted although the client saw the connection drop
+    replay = post(fake, key="k-drop")
+    assert replay.status_code == 200 and replay.json()["id"] == fake.accepted[0].id
+    assert [r.status for r in fake.requests] == [0, 200] and fake.replays == 1
+    assert len(fake.accepted) == 1
+
+
+def test_drop_after_accept_in_process_raises_what_httpx_raises_over_http() -> None:
+    from emailqueue.testing import ResendModel
+
+    model = ResendModel()
+    model.drop_after_accept(1)
+    with httpx.Client(transport=model.transport()) as http:
+        headers = {"Authorization": f"Bearer {model.api_key}", "Idempotency-Key": "k", "User-Agent": "t"}
+        with pytest.raises(httpx.RemoteProtocolError):
+            http.post("https://api.resend.com/emails", json=EMAIL, headers=headers)
+        assert http.post("https://api.resend.com/emails", json=EMAIL, headers=headers).status_code == 200
+    assert len(model.accepted) == 1 and model.replays == 1
+
+
 def test_timeout_after_accept_then_the_retry_gets_the_original_reply(fake: FakeResend) -> None:
     fake.timeout_after_accept(1, delay=0.5)
 

@@ -109,11 +109,11 @@ def test_200_without_id_is_retryable() -> None:
 
 
 EXCEPTIONS = [
-    (httpx.ConnectTimeout("t"), "timeout"),
+    (httpx.ConnectTimeout("t"), "connect_timeout"),  # never sent: told apart (see _retry.is_ambiguous)
     (httpx.ReadTimeout("t"), "timeout"),
     (httpx.WriteTimeout("t"), "timeout"),
-    (httpx.PoolTimeout("t"), "timeout"),
-    (httpx.ConnectError("c"), "network_error"),
+    (httpx.PoolTimeout("t"), "connect_timeout"),
+    (httpx.ConnectError("c"), "connect_error"),
     (httpx.ReadError("r"), "network_error"),
     (httpx.RemoteProtocolError("p"), "network_error"),
     (httpx.DecodingError("d"), "http_error"),

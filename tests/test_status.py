@@ -20,6 +20,7 @@ from emailqueue import QueueError, Settings, drain, health, queue_status, requeu
 from emailqueue._connection import connect
 from emailqueue._constants import META_KEY
 from emailqueue.testing import FakeResend
+from tests.helpers.redis_stats import CommandCounter
 from tests.helpers.rq_helpers import run_burst
 
 BODY_HTML = "<p>secret-html-body</p>"
@@ -63,6 +64,8 @@ def test_empty_queue(conn: redis.Redis, settings: Settings) -> None:
         "recent_failed": [],
         "orphans_removed": 0,
         "orphans_requeued": 0,
+        "packs": 0,
+        "in_packs": 0,
     }
 
 
@@ -100,6 +103,60 @@ def test_a_send_in_flight_counts_as_started(
         worker.join(10)
     assert queue_status(conn, settings).started == 0
     assert len(fake_resend.accepted) == 1
+
+
+def test_a_pack_in_flight_counts_its_emails_in_packs(
+    conn: redis.Redis, settings: Settings, fake_resend: FakeResend
+) -> None:
+    """While a pack is at Resend its jobs are in no RQ list: only ``packs``/``in_packs`` show them."""
+    packing = settings.model_copy(update={"email_pack": True})
+    for i in range(5):
+        enqueue(conn, packing, to=f"p{i}@example.com")
+    gate = fake_resend.hold()
+    worker = threading.Thread(target=drain, kwargs={"connection": conn, "settings": packing})
+    worker.start()
+    try:
+        assert fake_resend.held.wait(10)
+        status = queue_status(conn, packing)
+        assert (status.queued, status.started, status.scheduled, status.failed) == (0, 0, 0, 0)
+        assert (status.packs, status.in_packs) == (1, 5)
+    finally:
+        gate.release()
+        worker.join(10)
+    assert (queue_status(conn, packing).packs, queue_status(conn, packing).in_packs) == (0, 0)
+    assert len(fake_resend.accepted) == 5
+
+
+def test_packs_waiting_for_their_retry_count_too(
+    conn: redis.Redis, settings: Settings, fake_resend: FakeResend
+) -> None:
+    packing = settings.model_copy(update={"email_pack": True, "drain_concurrency": 3})
+    for i in range(250):
+        enqueue(conn, packing, to=f"r{i}@example.com")
+    fake_resend.fail_next(3, 500, "internal_server_error")
+    assert drain(connection=conn, settings=packing).retrying == 250
+    status = queue_status(conn, packing)
+    assert (status.queued, status.scheduled, status.packs, status.in_packs) == (0, 0, 3, 250)
+
+
+def test_status_costs_the_same_commands_for_one_pack_or_many(
+    real_conn: redis.Redis, settings: Settings, fake_resend: FakeResend
+) -> None:
+    """Upstash bills per command: the packs cost one ZRANGE, however many there are."""
+    packing = settings.model_copy(update={"email_pack": True, "drain_concurrency": 8})
+    costs = []
+    for emails in (2, 700):
+        real_conn.flushdb()
+        for i in range(emails):
+            enqueue(real_conn, packing, to=f"c{i}@example.com")
+        fake_resend.fail_next(8, 500, "internal_server_error")
+        drain(connection=real_conn, settings=packing)
+        real_conn.ping()
+        with CommandCounter(real_conn) as counted:
+            status = queue_status(real_conn, packing)
+        assert status.in_packs == emails
+        costs.append(counted.total)
+    assert costs[0] == costs[1], costs
 
 
 def test_a_failed_job_shows_masked_recipient_error_and_attempts(

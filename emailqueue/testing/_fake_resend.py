@@ -109,6 +109,12 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {name.lower(): value for name, value in self.headers.items()}
         path = urlsplit(self.path).path
         reply = fake.handle(self.command, path, headers, body, urlsplit(self.path).query)
+        if reply.drop:
+            log.info(
+                "%s %s accepted, connection closed with no reply (%d bytes in)", self.command, path, len(body)
+            )
+            self.close_connection = True
+            return
         log.info("%s %s %d (%d bytes in)", self.command, path, reply.status, len(body))
         self.send_response(reply.status)
         for name, value in reply.headers:

@@ -81,6 +81,7 @@ class ResendModel:
         self._in_flight: set[str] = set()
         self._failures: deque[Reply] = deque()
         self._late: deque[float] = deque()
+        self._drops = 0
         self._gates: deque[Gate] = deque()
         self._issued: list[Gate] = []
         self._error_rates: tuple[float, float, float, float] | None = None
@@ -168,6 +169,13 @@ class ResendModel:
         with self._lock:
             self._late.extend([delay] * n)
 
+    def drop_after_accept(self, n: int) -> None:
+        """Accept (and cache) the next ``n`` valid requests, then close the connection without a
+        reply: the client sees the connection drop after its request went out (over HTTP a
+        ``RemoteProtocolError``; :meth:`transport` raises the same)."""
+        with self._lock:
+            self._drops += n
+
     def hold(self) -> Gate:
         """Hold the next request that would be processed (after auth, faults, rate limit and the
         idempotency checks, before it is accepted) until the returned gate is released."""
@@ -222,6 +230,10 @@ class ResendModel:
             headers = {name.lower(): value for name, value in request.headers.items()}
             query = request.url.query.decode()
             reply = self.handle(request.method, request.url.path, headers, request.read(), query)
+            if reply.drop:
+                raise httpx.RemoteProtocolError(
+                    "Server disconnected without sending a response.", request=request
+                )
             return httpx.Response(
                 reply.status,
                 headers=[*reply.headers, ("content-type", "application/json")],
@@ -257,7 +269,9 @@ class ResendModel:
                 with self._lock:
                     self._in_flight.discard(claimed)
         with self._lock:
-            self._requests.append(RecordedRequest(method, path, headers, body, reply.status))
+            self._requests.append(
+                RecordedRequest(method, path, headers, body, 0 if reply.drop else reply.status)
+            )
         return reply
 
     def _check(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Reply | Call:
@@ -367,11 +381,13 @@ class ResendModel:
         reply = json_reply(200, obj)
         with self._lock:
             late = self._late.popleft() if self._late else call.late
+            drop = self._drops > 0
+            self._drops -= 1 if drop else 0
             self._accepted.extend(emails)
             if call.key is not None:
                 self._cache[call.key] = (call.fingerprint, reply)
                 self._accepts_by_key[call.key] += 1
-        return replace(reply, delay=late)
+        return replace(reply, delay=late, drop=drop)
 
     def _plan_single(self, call: Call, rejected: frozenset[str]) -> Reply | tuple[list[AcceptedEmail], Any]:
         problem = problem_of(call.data, rejected)

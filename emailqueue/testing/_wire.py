@@ -47,7 +47,8 @@ class AcceptedEmail:
 
 @dataclass(frozen=True)
 class RecordedRequest:
-    """One HTTP request the fake answered, with the status it replied (header names lower-cased)."""
+    """One HTTP request the fake answered, with the status it replied (header names lower-cased;
+    status 0: the connection was closed with no reply, see ``drop_after_accept``)."""
 
     method: str
     path: str
@@ -86,6 +87,7 @@ class Reply:
     body: bytes
     headers: tuple[tuple[str, str], ...] = ()
     delay: float = 0.0  # extra seconds before the reply is written (a reply lost after accept)
+    drop: bool = False  # accepted, then the connection is closed with no reply at all
 
 
 @dataclass(frozen=True)

@@ -40,8 +40,15 @@ def login_page(error: str = "") -> str:
 
 def _counts(status: dict[str, Any]) -> str:
     cells = []
-    for name in ("queued", "started", "scheduled", "failed"):
-        cells.append(f'<div class="count" id="count-{name}"><b>{_e(status[name])}</b>{_e(name)}</div>')
+    for name, label in (
+        ("queued", "queued"),
+        ("started", "started"),
+        ("in_packs", "in packs"),
+        ("scheduled", "scheduled"),
+        ("failed", "failed"),
+    ):
+        value = status.get(name, 0)
+        cells.append(f'<div class="count" id="count-{name}"><b>{_e(value)}</b>{_e(label)}</div>')
     return '<div class="counts">' + "".join(cells) + "</div>"
 
 

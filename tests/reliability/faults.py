@@ -91,13 +91,49 @@ def start_drain(env: dict[str, str], log: IO[bytes], cwd: Path) -> subprocess.Po
 
 
 def start_rq_worker(
-    redis_url: str, env: dict[str, str], log: IO[bytes], cwd: Path, *, burst: bool = False
+    redis_url: str,
+    env: dict[str, str],
+    log: IO[bytes],
+    cwd: Path,
+    *,
+    burst: bool = False,
+    extra: list[str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """The README's VM worker: ``rq worker --with-scheduler --serializer json --url URL emails``."""
-    args = [RQ, "worker", "--with-scheduler", "--serializer", "json", "--url", redis_url, "emails"]
+    """The README's VM worker: ``rq worker --with-scheduler --serializer json --url URL emails``
+    (``extra``: more options, before the queue name)."""
+    args = [
+        RQ,
+        "worker",
+        "--with-scheduler",
+        "--serializer",
+        "json",
+        "--url",
+        redis_url,
+        *(extra or []),
+        "emails",
+    ]
     return subprocess.Popen(
         [*args, "--burst"] if burst else args, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT
     )
+
+
+def start_emailqueue_worker(
+    env: dict[str, str], log: IO[bytes], cwd: Path, *, burst: bool = False
+) -> subprocess.Popen[bytes]:
+    """``emailqueue worker``: RQ's worker with emailqueue's job and worker classes (it packs)."""
+    args = [sys.executable, "-m", "emailqueue", "worker", *(["--burst"] if burst else [])]
+    return subprocess.Popen(args, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+
+
+def lapse_pack_leases(conn: redis.Redis, queue: str = "emails") -> int:
+    """Every pack's claim lease as if it had run out (``EMAIL_JOB_TIMEOUT_S`` + 30 s later): a
+    worker process cannot be given a later clock, so Redis is moved instead, as :func:`age_redis`
+    does for TTLs. Returns how many packs are now due."""
+    key = f"emailqueue:packs:{queue}"
+    members = conn.zrange(key, 0, -1)
+    if members:
+        conn.zadd(key, {m: 0 for m in members}, xx=True)
+    return len(members)
 
 
 def _children() -> dict[int, list[int]]:
