@@ -50,10 +50,11 @@ def keep_for_later(job: Job, exc: ConfigurationError) -> None:
     log.error("job %s kept for later: %s", job.id, exc)
 
 
-def _delay(
+def plan_retry(
     exc: SendError, attempts: int, retries_left: int, settings: Settings, rng: random.Random | None
 ) -> tuple[int | None, int]:
-    """(seconds until the retry or None to fail now, the job's new ``retries_left``)."""
+    """The policy as a pure function of the error and the attempt: (seconds until the retry, or
+    None to fail now; the job's new ``retries_left``, before RQ takes one off as it schedules)."""
     if isinstance(exc, PermanentSendError):
         return None, 0
     if exc.name == LOCAL_RATE_LIMIT:
@@ -81,7 +82,7 @@ def apply_failure_policy(
 ) -> None:
     """Record the failure on ``job`` and set how RQ should retry it (see the module docstring)."""
     attempts = attempts_of(job.meta) + 1
-    delay, job.retries_left = _delay(exc, attempts, job.retries_left or 0, settings, rng)
+    delay, job.retries_left = plan_retry(exc, attempts, job.retries_left or 0, settings, rng)
     if delay is not None:
         job.retry_intervals = [delay]
     record = failure_record(

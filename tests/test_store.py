@@ -435,7 +435,7 @@ def test_the_retry_policy_spends_attempts_only_on_failed_sends(
     import random
 
     from emailqueue import PermanentSendError, QuotaExceededError, RetryableSendError
-    from emailqueue._retry import LOCAL_RATE_LIMIT, _delay
+    from emailqueue._retry import LOCAL_RATE_LIMIT, plan_retry
 
     exc = {
         "local": RetryableSendError("no slot", name=LOCAL_RATE_LIMIT, retry_after=1.0),
@@ -443,9 +443,9 @@ def test_the_retry_policy_spends_attempts_only_on_failed_sends(
         "retryable": RetryableSendError("boom", name="internal_server_error", status_code=500),
         "permanent": PermanentSendError("bad", name="validation_error", status_code=422),
     }[error]
-    delay, retries_left = _delay(exc, 1, 3, settings, random.Random(7))
+    delay, retries_left = plan_retry(exc, 1, 3, settings, random.Random(7))
     # retries_left as the policy leaves it; RQ then takes one off as it schedules the retry.
     assert retries_left == left_after
     assert (delay is None) == (error == "permanent")
-    again, _ = _delay(exc, 1, 3, settings, random.Random(7))
+    again, _ = plan_retry(exc, 1, 3, settings, random.Random(7))
     assert again == delay  # the jitter comes from the rng it is given
