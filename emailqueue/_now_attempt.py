@@ -4,7 +4,6 @@ worker settles it (see ``_now`` for the whole immediate path)."""
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import uuid
@@ -21,11 +20,11 @@ from ._constants import JOB_FUNC_PATH
 from ._drain import ABANDON_GRACE_S
 from ._events import sent_emails
 from ._exceptions import EmailQueueError, PermanentSendError, RetryableSendError, SendError
+from ._jobs import RUNTIME
 from ._keys import QueueKeys
 from ._outbox import dev_outbox
 from ._payload import Payload, parse_payload
 from ._ratelimit import MARGIN, RateLimiter, limiter_key
-from ._resend import ResendClient, build_http_client
 from ._scripts import Claimed
 from ._send import Sender, send
 from ._settings import Settings
@@ -185,13 +184,7 @@ def now_client(settings: Settings) -> Sender:
     outbox = dev_outbox(settings)  # dev mode, or next to a running `emailqueue dev`, without a key
     if outbox is not None:
         return outbox
-    connect, read = now_timeouts(settings)
-    return _cached_client(settings.require_api_key(), settings.resend_api_url, connect, read)
-
-
-@functools.lru_cache(maxsize=8)
-def _cached_client(api_key: str, base_url: str, connect: float, read: float) -> ResendClient:
-    # One per configuration for the life of the process: warm invocations reuse its connections.
-    return ResendClient(
-        build_http_client(connect_timeout=connect, read_timeout=read), api_key=api_key, base_url=base_url
-    )
+    settings.require_api_key()  # the outbox above is the only sender without a key
+    # One per configuration, held by the process's runtime (closed by ``configure_worker()``):
+    # warm invocations reuse its connections.
+    return RUNTIME.client_for(settings, timeouts=now_timeouts(settings))

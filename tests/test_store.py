@@ -323,6 +323,21 @@ def test_the_worker_runtime_reuses_its_clients_and_closes_them(settings: Setting
     runtime.close()
 
 
+def test_immediate_sends_reuse_a_runtime_client_that_configure_worker_closes(settings: Settings) -> None:
+    """send_email(now=True)'s client (short timeouts) is held by the process's runtime, not a
+    module cache: reused while warm, closed by ``configure_worker()``."""
+    from emailqueue._now_attempt import now_client
+
+    quick = settings.model_copy(update={"email_now_timeout_s": 0.5})
+    client = now_client(quick)
+    assert now_client(quick) is client
+    http = client._http  # type: ignore[attr-defined]
+    assert (http.timeout.connect, http.timeout.read) == (0.5, 0.5)  # the immediate path's, not the drain's
+    assert now_client(settings) is not client  # another configuration, another pool
+    configure_worker()
+    assert http.is_closed
+
+
 def test_a_drain_reports_an_accepted_abandoned_job_as_recovered_not_sent(
     store: JobStore, settings: Settings, fake_resend: FakeResend
 ) -> None:
