@@ -264,7 +264,7 @@ class JobStore:
 
     def sweep_orphans(self, *, count: int, every_s: int) -> Orphans:
         """At most once per ``every_s`` seconds (whichever drain comes first), one bounded step of
-        the orphan sweep (see ``_scripts._ORPHANS``): job hashes of this queue with no TTL that no
+        the orphan sweep (see ``_lua_recover.ORPHANS``): job hashes of this queue with no TTL that no
         list or registry holds are deleted, or requeued if they hold an email nobody accepted."""
         found = self.scripts.sweep_orphans(count=count, every_s=every_s, queues_key=Queue.redis_queues_keys)
         if found.removed or found.requeued:
