@@ -89,22 +89,10 @@ def send_email(
         QueueError: Redis could not be reached after bounded retries (with ``durable``: or did
             not confirm the write within ``EMAIL_DURABLE_TIMEOUT_S``; the email is queued).
     """
-    if message is not None and fields:
-        raise TypeError("pass either an EmailMessage or keyword fields, not both")
-    if message is not None and not isinstance(message, EmailMessage):
-        raise TypeError(
-            f"send_email takes an EmailMessage or keyword fields (to=..., subject=...), "
-            f"not a {type(message).__name__}"
-        )
+    _check_call(message, fields)
     settings = settings or load_settings()
     email = build_message(message if message is not None else fields, default_from=settings.email_from)
-    dedup = None
-    if idempotency_key is not None:
-        if not _is_text(idempotency_key, 200):
-            raise InvalidEmailError(
-                [FieldProblem("idempotency_key", "must be a UTF-8 string of 1-200 characters")]
-            )
-        dedup = ["key", idempotency_key]
+    dedup = _dedup_of(idempotency_key)
     q = resolve_queue(settings, connection, queue)
     job = prepare_single(email, queue=q, settings=settings, dedup=dedup)
     if not allow_suppressed:
@@ -115,6 +103,33 @@ def send_email(
         from . import _now  # imported on first use: an app that only queues never pays for it
 
         return _now.send_now(q, job, settings)
+    return _write_single(q, job, settings, now=now)
+
+
+def _check_call(message: EmailMessage | None, fields: dict[str, Any]) -> None:
+    if message is not None and fields:
+        raise TypeError("pass either an EmailMessage or keyword fields, not both")
+    if message is not None and not isinstance(message, EmailMessage):
+        raise TypeError(
+            f"send_email takes an EmailMessage or keyword fields (to=..., subject=...), "
+            f"not a {type(message).__name__}"
+        )
+
+
+def _dedup_of(idempotency_key: str | None) -> list[str] | None:
+    """The dedup identity of a caller's ``idempotency_key`` (None: no key, a random job id)."""
+    if idempotency_key is None:
+        return None
+    if not _is_text(idempotency_key, 200):
+        raise InvalidEmailError(
+            [FieldProblem("idempotency_key", "must be a UTF-8 string of 1-200 characters")]
+        )
+    return ["key", idempotency_key]
+
+
+def _write_single(q: Queue, job: PreparedJob, settings: Settings, *, now: bool) -> str:
+    """Write one job through the enqueue script (durable if the settings say so); with ``now``,
+    then claim it from the queue and send it from here."""
     if now:
         from ._now_attempt import now_client
 

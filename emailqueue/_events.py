@@ -217,6 +217,12 @@ def lookup(conn: redis.Redis, query: str, *, ttl: int, now: float | None = None)
     t = time.time() if now is None else now
     query = query.strip()
     hours = [t - 3600 * i for i in range(ttl // 3600 + 1)]
+    ids = _resend_ids(conn, query, hours)
+    return _lifecycles(conn, ids, hours) if ids else []
+
+
+def _resend_ids(conn: redis.Redis, query: str, hours: list[float]) -> list[str]:
+    """The Resend ids ``query`` names, from the sent index of each hour in ``hours``."""
     field = f"a:{digest(query)}" if "@" in query else f"j:{query}"
     with conn.pipeline(transaction=False) as pipe:
         for h in hours:
@@ -230,13 +236,18 @@ def lookup(conn: redis.Redis, query: str, *, ttl: int, now: float | None = None)
             ids.append(query)
     if not ids and "@" not in query:
         ids = [query]  # a Resend id whose send was not recorded here: its webhooks may be
+    return ids
+
+
+def _lifecycles(conn: redis.Redis, ids: list[str], hours: list[float]) -> list[Lifecycle]:
+    """The lifecycle of each of ``ids`` that has a sent step or an event recorded."""
     with conn.pipeline(transaction=False) as pipe:
         for rid in ids:
             pipe.hgetall(email_key(rid))
         events = pipe.execute()
-        for h in hours if ids else []:
+        for h in hours:
             pipe.hmget(sent_key(h), *[f"r:{rid}" for rid in ids])
-        sent_rows = pipe.execute() if ids else []
+        sent_rows = pipe.execute()
     found: list[Lifecycle] = []
     for i, (rid, raw) in enumerate(zip(ids, events, strict=True)):
         sent = next((_text(row[i]) for row in sent_rows if row[i] is not None), None)

@@ -39,7 +39,8 @@ log = logging.getLogger("emailqueue")
 
 
 class WorkerRuntime:
-    """The settings and Resend clients of one worker process, built on first use and reused.
+    """The settings and Resend clients of one process (a worker, a drain, an immediate send),
+    built on first use and reused.
 
     One client per configuration for the life of the process: warm serverless invocations reuse
     its connection pool (no new TLS handshake). :meth:`close` closes every client it built.
@@ -72,24 +73,21 @@ class WorkerRuntime:
                 self._current = (settings, self._client_for(settings))
             return self._current
 
-    def client_for(self, settings: Settings) -> Sender:
+    def client_for(self, settings: Settings, *, timeouts: tuple[float, float] | None = None) -> Sender:
         """A Resend client for ``settings``; in dev mode without a key, the local outbox.
+        ``timeouts``: (connect, read) seconds instead of the settings' (immediate sends).
 
         Raises:
             ConfigurationError: no RESEND_API_KEY outside dev mode.
         """
         with self._lock:
-            return self._client_for(settings)
+            return self._client_for(settings, timeouts)
 
-    def _client_for(self, settings: Settings) -> Sender:
+    def _client_for(self, settings: Settings, timeouts: tuple[float, float] | None = None) -> Sender:
         if settings.resend_api_key is None and settings.dev_mode:
             return OutboxClient(settings.emailqueue_outbox_dir)
-        key = (
-            settings.require_api_key(),
-            settings.resend_api_url,
-            settings.resend_connect_timeout_s,
-            settings.resend_timeout_s,
-        )
+        connect, read = timeouts or (settings.resend_connect_timeout_s, settings.resend_timeout_s)
+        key = (settings.require_api_key(), settings.resend_api_url, connect, read)
         client = self._clients.get(key)
         if client is None:
             http = build_http_client(connect_timeout=key[2], read_timeout=key[3])

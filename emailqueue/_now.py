@@ -2,7 +2,7 @@
 
 The email is made durable first, then the caller claims it and sends it itself:
 
-1. **write + claim**, one round trip (``_now_scripts.WRITE_AND_CLAIM``): the job is written as an
+1. **write + claim**, one round trip (:meth:`._store.JobStore.claim_new`): the job is written as an
    ordinary RQ job, already claimed by this caller exactly as a drain claims one, and a send slot
    of the shared rate limit is taken if one is free within ``EMAIL_NOW_MAX_WAIT_S``. With no slot
    in time, the job is simply queued and a drain or worker sends it.
@@ -30,16 +30,13 @@ import redis
 from rq import Queue
 from rq.job import JobStatus
 
-from . import _now_scripts
 from ._connection import redis_errors
-from ._constants import SUPPRESSED_KEY
 from ._enqueue import PreparedJob, resolve_queue, suppressed_error, write_jobs
 from ._exceptions import EmailQueueError, PermanentSendError
-from ._keys import QueueKeys
-from ._now_attempt import WORKER_NAME, Claim, NowOutcome, attempt, now_client, payload_of, settle_failure
-from ._ratelimit import limiter_key
+from ._now_attempt import WORKER_NAME, NowOutcome, attempt, new_claim, now_client, payload_of, settle_failure
 from ._send import Sender
 from ._settings import Settings, load_settings
+from ._store import JobStore
 
 log = logging.getLogger("emailqueue.now")
 
@@ -97,32 +94,25 @@ def send_prepared_now(
         QueueError: the write failed; the email may not be queued.
     """
     client = client if client is not None else now_client(settings)
-    keys = QueueKeys.of(queue)
-    claim = Claim.new(job.job_id, keys, settings, clock())
+    claim = new_claim(job.job_id, settings, clock())
     fields = {
         **job.mapping,
         "status": JobStatus.STARTED.value,
-        "started_at": claim.args[5],
+        "started_at": claim.started_at,
         "worker_name": WORKER_NAME,
     }
-    args = [*claim.args, len(job.checks), *job.checks]
-    for field, value in fields.items():
-        args += [field, value]
-    script = queue.connection.register_script(_now_scripts.WRITE_AND_CLAIM)
+    store = JobStore(queue.connection, queue.name, settings)
     with redis_errors("send_email(now=True)"):
-        state, wait = script(
-            keys=[keys.queue, queue.redis_queues_keys, keys.started, limiter_key(queue.name), SUPPRESSED_KEY],
-            args=args,
-        )
-    if int(state) == 3:
-        raise suppressed_error(job, wait)
+        claimed = store.claim_new(claim, fields=fields, checks=job.checks)
+    if claimed.state == 3:
+        raise suppressed_error(job, claimed.hits)
     # From here on the email is durable: nothing below raises.
-    if int(state) == 0:
+    if claimed.state == 0:
         return NowOutcome(job.job_id, "queued", "no send slot free under RESEND_RATE_LIMIT in time")
-    if int(state) == 2:
+    if claimed.state == 2:
         return NowOutcome(job.job_id, "queued", "already queued by an earlier attempt of this call")
     payload = payload_of(job.mapping["data"])
-    return attempt(queue, keys, claim, payload, settings, client, float(wait), sleep)
+    return attempt(store, claim, payload, client, claimed.wait, sleep)
 
 
 def deliver_now(
@@ -191,22 +181,21 @@ def _deliver_queued(
     clock: Callable[[], float],
     sleep: Callable[[float], None],
 ) -> NowOutcome:
-    keys = QueueKeys.of(queue)
-    claim = Claim.new(job_id, keys, settings, clock())
-    script = queue.connection.register_script(_now_scripts.CLAIM_QUEUED)
+    claim = new_claim(job_id, settings, clock())
+    store = JobStore(queue.connection, queue.name, settings)
     try:
         with redis_errors("deliver_now"):
-            row = script(keys=[keys.queue, keys.started, limiter_key(queue.name)], args=claim.args)
+            claimed = store.claim_queued(claim)
     except EmailQueueError as exc:
         # The job was queued before this call; whatever the claim did, a drain delivers it.
         log.warning("deliver_now %s: %s; left to the queue", job_id, exc)
         return NowOutcome(job_id, "left_to_recovery", str(exc))
-    if int(row[0]) == 0:
+    if claimed.state == 0:
         return NowOutcome(job_id, "not_queued", "the job is not waiting in the queue")
-    if int(row[0]) == 2:
+    if claimed.state == 2:
         return NowOutcome(job_id, "queued", "no send slot free under RESEND_RATE_LIMIT in time")
     try:
-        payload = payload_of(row[2])
+        payload = payload_of(claimed.data or b"")
     except PermanentSendError as exc:
-        return settle_failure(queue, keys, claim, exc, settings)
-    return attempt(queue, keys, claim, payload, settings, client, float(row[1]), sleep)
+        return settle_failure(store, claim, exc)
+    return attempt(store, claim, payload, client, claimed.wait, sleep)

@@ -4,7 +4,6 @@ worker settles it (see ``_now`` for the whole immediate path)."""
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import uuid
@@ -12,21 +11,19 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Literal
 
 import redis
-from rq import Queue
 
 from ._constants import JOB_FUNC_PATH
 from ._drain import ABANDON_GRACE_S
 from ._events import sent_emails
 from ._exceptions import EmailQueueError, PermanentSendError, RetryableSendError, SendError
-from ._keys import QueueKeys
+from ._jobs import RUNTIME
+from ._now_scripts import Claim
 from ._outbox import dev_outbox
 from ._payload import Payload, parse_payload
 from ._ratelimit import MARGIN, RateLimiter, limiter_key
-from ._resend import ResendClient, build_http_client
-from ._scripts import Claimed
 from ._send import Sender, send
 from ._settings import Settings
 from ._store import JobStore
@@ -67,47 +64,27 @@ class NowOutcome:
         return self.status == "sent"
 
 
-@dataclass(frozen=True)
-class Claim:
-    """This caller's claim on a job: its started-registry member and when it counts as abandoned."""
-
-    job_id: str
-    member: str
-    args: list[Any]  # the scripts' common ARGV: now .. job id
-
-    @property
-    def row(self) -> Claimed:
-        """The claim as the job store takes it (the same started-registry member a drain writes)."""
-        return Claimed(self.job_id, self.member, b"", b"")
-
-    @classmethod
-    def new(cls, job_id: str, keys: QueueKeys, settings: Settings, now: float) -> Claim:
-        member = f"{job_id}:now-{uuid.uuid4().hex[:12]}"
-        # The claim outlives the longest this attempt can take, plus the drain's grace; a
-        # claim older than that belongs to a caller that died, and RECOVER takes it back.
-        lasts = settings.email_now_max_wait_s + now_timeouts(settings)[0] + settings.email_now_timeout_s
-        interval = MARGIN / settings.resend_rate_limit if settings.resend_rate_limit else 0
-        stamp = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        args = [
-            now,
-            interval,
-            settings.email_now_max_wait_s,
-            now + lasts + ABANDON_GRACE_S,
-            member,
-            stamp,
-            WORKER_NAME,
-            keys.job_prefix + job_id,
-            job_id,
-        ]
-        return cls(job_id, member, args)
+def new_claim(job_id: str, settings: Settings, now: float) -> Claim:
+    """This caller's claim on ``job_id``, made at ``now``."""
+    # The claim outlives the longest this attempt can take, plus the drain's grace; a claim
+    # older than that belongs to a caller that died, and RECOVER takes it back.
+    lasts = settings.email_now_max_wait_s + now_timeouts(settings)[0] + settings.email_now_timeout_s
+    return Claim(
+        job_id=job_id,
+        member=f"{job_id}:now-{uuid.uuid4().hex[:12]}",
+        now=now,
+        interval=MARGIN / settings.resend_rate_limit if settings.resend_rate_limit else 0,
+        horizon=settings.email_now_max_wait_s,
+        deadline=now + lasts + ABANDON_GRACE_S,
+        started_at=datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        worker=WORKER_NAME,
+    )
 
 
 def attempt(
-    queue: Queue,
-    keys: QueueKeys,
+    store: JobStore,
     claim: Claim,
     payload: Payload,
-    settings: Settings,
     client: Sender,
     wait: float,
     sleep: Callable[[float], None],
@@ -119,17 +96,14 @@ def attempt(
         outcome = send(payload, client)
     except SendError as exc:
         if exc.status_code == 429 and exc.name == "rate_limit_exceeded":
-            limiter = RateLimiter(queue.connection, limiter_key(queue.name), settings.resend_rate_limit)
+            limiter = RateLimiter(store.conn, limiter_key(store.queue.name), store.settings.resend_rate_limit)
             with contextlib.suppress(EmailQueueError):
                 limiter.pause(exc.retry_after or 1.0)  # every sender waits, not just this one
-        return settle_failure(queue, keys, claim, exc, settings)
+        return settle_failure(store, claim, exc)
     except Exception as exc:
         log.error("immediate send of job %s failed unexpectedly: %r", claim.job_id, exc)
-        return settle_failure(
-            queue, keys, claim, RetryableSendError(repr(exc)[:300], name="internal_error"), settings
-        )
+        return settle_failure(store, claim, RetryableSendError(repr(exc)[:300], name="internal_error"))
     try:
-        store = JobStore(queue.connection, queue.name, settings)
         if outcome.rejected:
             store.record_rejected(payload, outcome.rejected)
         # Drop the claim, delete the job (result_ttl=0) and record the Resend id: one round trip.
@@ -141,13 +115,11 @@ def attempt(
     return NowOutcome(claim.job_id, "sent")
 
 
-def settle_failure(
-    queue: Queue, keys: QueueKeys, claim: Claim, error: SendError, settings: Settings
-) -> NowOutcome:
+def settle_failure(store: JobStore, claim: Claim, error: SendError) -> NowOutcome:
     """Retry or fail the claimed job through the job store, exactly as the drain does. If Redis
     fails here, the claim stays and a later drain recovers the job."""
     try:
-        retried = JobStore(queue.connection, queue.name, settings).retry_or_fail(claim.row, error)
+        retried = store.retry_or_fail(claim.row, error)
         status: Status = "retrying" if retried else "failed"
     except Exception as exc:
         log.warning(
@@ -185,13 +157,7 @@ def now_client(settings: Settings) -> Sender:
     outbox = dev_outbox(settings)  # dev mode, or next to a running `emailqueue dev`, without a key
     if outbox is not None:
         return outbox
-    connect, read = now_timeouts(settings)
-    return _cached_client(settings.require_api_key(), settings.resend_api_url, connect, read)
-
-
-@functools.lru_cache(maxsize=8)
-def _cached_client(api_key: str, base_url: str, connect: float, read: float) -> ResendClient:
-    # One per configuration for the life of the process: warm invocations reuse its connections.
-    return ResendClient(
-        build_http_client(connect_timeout=connect, read_timeout=read), api_key=api_key, base_url=base_url
-    )
+    settings.require_api_key()  # the outbox above is the only sender without a key
+    # One per configuration, held by the process's runtime (closed by ``configure_worker()``):
+    # warm invocations reuse its connections.
+    return RUNTIME.client_for(settings, timeouts=now_timeouts(settings))

@@ -17,7 +17,13 @@ script that is the same atomic read-modify-write as ``_ratelimit``'s GET then SE
 
 from __future__ import annotations
 
-from typing import Final
+from dataclasses import dataclass
+from typing import Any, Final
+
+import redis
+
+from ._keys import QueueKeys
+from ._scripts import Claimed
 
 # Shared by both scripts. In: KEYS[lim] the limiter key; now, interval (0: no limit), horizon.
 # Out: `wait`, seconds until the slot granted, or -1 if none is free within the horizon (the
@@ -40,7 +46,7 @@ end
 """
 
 #: Write a new job (random id) and claim it for the caller, in one step.
-#: KEYS: queue, rq:queues, wip, limiter, the suppression mirror (``_suppress``).
+#: KEYS: queue, rq:queues, wip, limiter, the suppression mirror (:mod:`._suppress`).
 #: ARGV: now, interval, horizon, deadline, member, started_at, worker name, job key, job id, the
 #: count of address digests to check then the digests, then the job hash's field/value pairs,
 #: already marked ``started`` by this claim (one HSET).
@@ -108,3 +114,90 @@ redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
 return {1, tostring(wait), f[2]}
 """
 )
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One caller's claim on one job, and the send slot it asks for.
+
+    ``member``: its started-registry entry (``<id>:now-<random>``); ``deadline``: when the claim
+    counts as abandoned (RECOVER takes it back then); ``interval``: the shared limiter's slot
+    spacing in seconds (0: no limit); ``horizon``: how long a free slot may be ahead of ``now``;
+    ``started_at``: RQ's timestamp of ``now``; ``worker``: the ``worker_name`` written on the job.
+    """
+
+    job_id: str
+    member: str
+    now: float
+    interval: float
+    horizon: float
+    deadline: float
+    started_at: str
+    worker: str
+
+    @property
+    def row(self) -> Claimed:
+        """The claim as the job store takes it (the same started-registry member a drain writes)."""
+        return Claimed(self.job_id, self.member, b"", b"")
+
+
+@dataclass(frozen=True)
+class NowClaimed:
+    """What a claim script did: ``state`` (the script's first reply, see each script), the wait
+    in seconds before the send slot granted (-1: none), and, as the state says, the job's
+    ``data`` (a queued job claimed) or ``hits`` (``[digest, entry, ...]``, suppressed)."""
+
+    state: int
+    wait: float
+    data: bytes | None = None
+    hits: tuple[str, ...] = ()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class NowScripts:
+    """The immediate path's claim scripts of one queue, bound to a connection."""
+
+    def __init__(self, conn: redis.Redis, keys: QueueKeys) -> None:
+        self.conn, self.keys = conn, keys
+
+    def _argv(self, claim: Claim) -> list[Any]:
+        return [
+            claim.now, claim.interval, claim.horizon, claim.deadline, claim.member, claim.started_at,
+            claim.worker, self.keys.job_prefix + claim.job_id, claim.job_id,
+        ]  # fmt: skip
+
+    def write_and_claim(
+        self,
+        *,
+        claim: Claim,
+        fields: dict[str, Any],
+        checks: tuple[str, ...],
+        queues_key: str,
+        limiter_key: str,
+        suppression_key: str,
+    ) -> NowClaimed:
+        """Write the job hash ``fields`` (already ``started`` by ``claim``) and claim it, unless an
+        address digest of ``checks`` is in the suppression mirror (state 3, ``hits``). State 1:
+        claimed, send after ``wait``; 0: no slot in time, queued; 2: written by an earlier run of
+        this call, left to the queue."""
+        args = [*self._argv(claim), len(checks), *checks]
+        for field, value in fields.items():
+            args += [field, value]
+        k = self.keys
+        keys = [k.queue, queues_key, k.started, limiter_key, suppression_key]
+        state, reply = self.conn.register_script(WRITE_AND_CLAIM)(keys=keys, args=args)
+        if int(state) == 3:
+            return NowClaimed(3, -1.0, hits=tuple(_text(v) for v in reply))
+        return NowClaimed(int(state), float(reply))
+
+    def claim_queued(self, *, claim: Claim, limiter_key: str) -> NowClaimed:
+        """Claim the job if it is ``queued`` and in the queue list. State 1: claimed, send after
+        ``wait``, its ``data``; 0: not waiting in the queue; 2: no slot in time, left there."""
+        keys = [self.keys.queue, self.keys.started, limiter_key]
+        row = self.conn.register_script(CLAIM_QUEUED)(keys=keys, args=self._argv(claim))
+        if int(row[0]) == 1:
+            return NowClaimed(1, float(row[1]), data=row[2])
+        return NowClaimed(int(row[0]), -1.0)

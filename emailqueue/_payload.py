@@ -79,7 +79,7 @@ class Payload:
 
 #: The job hash field that marks a single email the batch endpoint can carry (set at enqueue).
 PACK_FIELD = "emailqueue_pack"
-#: What POST /emails/batch refuses in an email (docs/PLATFORM.md, "Resend: batch limits").
+#: What POST /emails/batch refuses in an email (docs/PLATFORM.md, "Resend: batch").
 NOT_IN_BATCH = ("attachments", "scheduled_at")
 
 

@@ -136,10 +136,11 @@ def keep_for_later(job: Job, exc: ConfigurationError) -> None:
     log.error("job %s kept for later: %s", job.id, exc)
 
 
-def _delay(
+def plan_retry(
     exc: SendError, attempts: int, retries_left: int, settings: Settings, rng: random.Random | None
 ) -> tuple[int | None, int]:
-    """(seconds until the retry or None to fail now, the job's new ``retries_left``)."""
+    """The policy as a pure function of the error and the attempt: (seconds until the retry, or
+    None to fail now; the job's new ``retries_left``, before RQ takes one off as it schedules)."""
     if isinstance(exc, PermanentSendError):
         return None, 0
     if exc.name == LOCAL_RATE_LIMIT:
@@ -175,7 +176,7 @@ def apply_failure_policy(
     send of it may have been accepted and its key's window is closing."""
     attempts = attempts_of(job.meta) + 1
     maybe_sent = maybe_sent_of(job.meta) or is_ambiguous(exc)
-    delay, job.retries_left = _delay(exc, attempts, job.retries_left or 0, settings, rng)
+    delay, job.retries_left = plan_retry(exc, attempts, job.retries_left or 0, settings, rng)
     if delay is None and maybe_sent and not isinstance(exc, PermanentSendError):
         # Out of attempts, but Resend may have this email: retry under its key while it lasts.
         since = job.created_at.timestamp() if job.created_at else 0.0  # before any send of its key

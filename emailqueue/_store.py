@@ -1,19 +1,21 @@
 """The job store: every change of a job's state, in one place.
 
-+-----------+-------------------------------------------+----------------------------------+
-| change    | what it does                              | who calls it                     |
-+===========+===========================================+==================================+
-| enqueue   | ENQUEUE, via :func:`._enqueue.write_jobs` | ``send_email``, ``send_*``       |
-| claim     | queued -> started, one atomic script      | the drain                        |
-| accept    | record Resend's acceptance on the job     | ``deliver`` under a VM worker    |
-| ack       | started -> gone (``result_ttl=0``)        | the drain                        |
-| retry     | the retry policy, then RQ's ``Job.retry`` | the drain (RQ does it for VMs)   |
-| fail      | -> failed, the one :data:`FAIL` script    | drain, recovery, rejected, bad   |
-| recover   | abandoned execution -> queued or failed   | the drain                        |
-| requeue   | failed -> queued (accepted: -> gone)      | admin API and CLI                |
-| orphans   | a hash in no registry, no TTL -> gone/queued | the drain, on runs that did work |
-| pack_*    | queued -> a pack -> gone or failed        | the drain, via :mod:`._pack`     |
-+-----------+-------------------------------------------+----------------------------------+
++--------------+----------------------------------------------+----------------------------------+
+| change       | what it does                                 | who calls it                     |
++==============+==============================================+==================================+
+| enqueue      | ENQUEUE, via :func:`._enqueue.write_jobs`    | ``send_email``, ``send_*``       |
+| claim        | queued -> started, one atomic script         | the drain                        |
+| claim_new    | new job -> started + a send slot (atomic)    | ``send_email(now=True)``         |
+| claim_queued | queued -> started + a send slot (atomic)     | ``deliver_now``, ``now=True``    |
+| accept       | record Resend's acceptance on the job        | ``deliver`` under a VM worker    |
+| ack          | started -> gone (``result_ttl=0``)           | the drain, immediate sends       |
+| retry        | the retry policy, then RQ's ``Job.retry``    | drain, immediate (RQ for VMs)    |
+| fail         | -> failed, the one FAIL script               | drain, recovery, rejected, bad   |
+| recover      | abandoned execution -> queued or failed      | the drain                        |
+| requeue      | failed -> queued (accepted: -> gone)         | admin API and CLI                |
+| orphans      | a hash in no registry, no TTL -> gone/queued | the drain, on runs that did work |
+| pack_*       | queued -> a pack -> gone or failed           | the drain, via :mod:`._pack`     |
++--------------+----------------------------------------------+----------------------------------+
 
 **An email Resend accepted is never failed nor sent again.** RQ's success handling of a job
 fetches every execution the job's registry lists, and one whose hash expired makes it raise
@@ -43,13 +45,16 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.utils import utcparse
 
+from ._constants import SUPPRESSED_KEY
 from ._enqueue import job_mapping
 from ._events import SentEmail, record_sent
 from ._exceptions import SendError
 from ._failure import failure_record, meta_with, requeue_record
 from ._keys import QueueKeys
+from ._now_scripts import Claim, NowClaimed, NowScripts
 from ._pack_scripts import PackKeys, PackRow, PackScripts
 from ._payload import PACK_FIELD, Payload, idempotency_key_for
+from ._ratelimit import limiter_key
 from ._retry import apply_failure_policy
 from ._scripts import ACCEPTED_FIELD, Claimed, Orphans, Recovered, Scripts
 from ._settings import Settings
@@ -87,6 +92,7 @@ class JobStore:
         self.scripts = Scripts(conn, self.keys)
         self.pack_keys = PackKeys.of(queue_name)
         self.pack_scripts = PackScripts(conn, self.pack_keys)
+        self.now_scripts = NowScripts(conn, self.keys)
 
     # --- the drain's claim and ack ---
     def claim(self, *, n: int, now: float, execution_prefix: str, worker: str, grace: int) -> list[Claimed]:
@@ -100,6 +106,25 @@ class JobStore:
             started_at=_stamp(now),
             grace=grace,
         )
+
+    # --- the immediate path's claims (send_email(now=True), deliver_now; see ._now) ---
+    def claim_new(self, claim: Claim, *, fields: dict[str, Any], checks: tuple[str, ...]) -> NowClaimed:
+        """Write a new job (hash ``fields``, already ``started``) claimed for its caller, and take
+        a send slot of the shared limit in the same step, unless a recipient in ``checks`` is
+        suppressed (see :meth:`._now_scripts.NowScripts.write_and_claim`)."""
+        return self.now_scripts.write_and_claim(
+            claim=claim,
+            fields=fields,
+            checks=checks,
+            queues_key=Queue.redis_queues_keys,
+            limiter_key=limiter_key(self.queue.name),
+            suppression_key=SUPPRESSED_KEY,
+        )
+
+    def claim_queued(self, claim: Claim) -> NowClaimed:
+        """Claim a job waiting in the queue for its caller, with a send slot (atomic; a drain or
+        worker that took it first wins)."""
+        return self.now_scripts.claim_queued(claim=claim, limiter_key=limiter_key(self.queue.name))
 
     def unclaim(self, rows: list[Claimed]) -> None:
         """Give claimed jobs back, to the front of the queue."""
@@ -248,7 +273,7 @@ class JobStore:
 
     def sweep_orphans(self, *, count: int, every_s: int) -> Orphans:
         """At most once per ``every_s`` seconds (whichever drain comes first), one bounded step of
-        the orphan sweep (see ``_scripts._ORPHANS``): job hashes of this queue with no TTL that no
+        the orphan sweep (see ``_lua_recover.ORPHANS``): job hashes of this queue with no TTL that no
         list or registry holds are deleted, or requeued if they hold an email nobody accepted."""
         found = self.scripts.sweep_orphans(count=count, every_s=every_s, queues_key=Queue.redis_queues_keys)
         if found.removed or found.requeued:

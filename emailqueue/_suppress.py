@@ -1,6 +1,6 @@
 """A local mirror of Resend's suppression list, checked at enqueue.
 
-Resend keeps one suppression list per team (docs/PLATFORM.md, "Resend: suppressions"): it adds
+Resend keeps one suppression list per team (docs/PLATFORM.md, "Resend: suppressions and webhooks"): it adds
 an address after a hard bounce or a complaint, takes manual entries, and skips any send to a
 listed address. Resend stays the source of truth; the mirror, one hash
 ``emailqueue:suppressed`` (address digest -> ``origin|created_at|masked address|Resend id``),

@@ -34,7 +34,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def test_redis_url_fallbacks_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
-    # PLATFORM_FACTS "Vercel": the Upstash integration injects KV_URL and REDIS_URL.
+    # docs/PLATFORM.md, "Upstash Redis": Vercel's KV integration injects REDIS_URL and KV_URL.
     monkeypatch.setenv("KV_URL", "rediss://default:t@kv.upstash.io:6379")
     assert load_settings().queue_redis_url == "rediss://default:t@kv.upstash.io:6379"
     monkeypatch.setenv("REDIS_URL", "rediss://default:t@redis.upstash.io:6379")

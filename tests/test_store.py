@@ -323,6 +323,21 @@ def test_the_worker_runtime_reuses_its_clients_and_closes_them(settings: Setting
     runtime.close()
 
 
+def test_immediate_sends_reuse_a_runtime_client_that_configure_worker_closes(settings: Settings) -> None:
+    """send_email(now=True)'s client (short timeouts) is held by the process's runtime, not a
+    module cache: reused while warm, closed by ``configure_worker()``."""
+    from emailqueue._now_attempt import now_client
+
+    quick = settings.model_copy(update={"email_now_timeout_s": 0.5})
+    client = now_client(quick)
+    assert now_client(quick) is client
+    http = client._http  # type: ignore[attr-defined]
+    assert (http.timeout.connect, http.timeout.read) == (0.5, 0.5)  # the immediate path's, not the drain's
+    assert now_client(settings) is not client  # another configuration, another pool
+    configure_worker()
+    assert http.is_closed
+
+
 def test_a_drain_reports_an_accepted_abandoned_job_as_recovered_not_sent(
     store: JobStore, settings: Settings, fake_resend: FakeResend
 ) -> None:
@@ -435,7 +450,7 @@ def test_the_retry_policy_spends_attempts_only_on_failed_sends(
     import random
 
     from emailqueue import PermanentSendError, QuotaExceededError, RetryableSendError
-    from emailqueue._retry import LOCAL_RATE_LIMIT, _delay
+    from emailqueue._retry import LOCAL_RATE_LIMIT, plan_retry
 
     exc = {
         "local": RetryableSendError("no slot", name=LOCAL_RATE_LIMIT, retry_after=1.0),
@@ -443,9 +458,9 @@ def test_the_retry_policy_spends_attempts_only_on_failed_sends(
         "retryable": RetryableSendError("boom", name="internal_server_error", status_code=500),
         "permanent": PermanentSendError("bad", name="validation_error", status_code=422),
     }[error]
-    delay, retries_left = _delay(exc, 1, 3, settings, random.Random(7))
+    delay, retries_left = plan_retry(exc, 1, 3, settings, random.Random(7))
     # retries_left as the policy leaves it; RQ then takes one off as it schedules the retry.
     assert retries_left == left_after
     assert (delay is None) == (error == "permanent")
-    again, _ = _delay(exc, 1, 3, settings, random.Random(7))
+    again, _ = plan_retry(exc, 1, 3, settings, random.Random(7))
     assert again == delay  # the jitter comes from the rng it is given

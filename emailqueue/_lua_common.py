@@ -1,0 +1,34 @@
+"""What the Lua scripts of a job's state share: the field and key prefixes they name, and the
+fragment that forgets a dead execution (BullMQ's ``includes/``). See :mod:`._scripts`."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from rq.defaults import RQ_KEY_PREFIX
+
+#: The job hash field that records Resend's acceptance of the job's email(s). RQ never reads or
+#: writes it (``Job.save`` updates only its own fields), so it survives retries and failures.
+ACCEPTED_FIELD: Final = "emailqueue_accepted"
+#: ``rq:execution:<job id>:<execution id>``: one execution's hash (RQ 3).
+EXECUTION_PREFIX: Final = f"{RQ_KEY_PREFIX}:execution:"
+#: ``rq:executions:<job id>``: the executions RQ lists for a job (RQ 3).
+EXECUTIONS_PREFIX: Final = f"{RQ_KEY_PREFIX}:executions:"
+#: ``rq:worker:<name>:executions``: a worker's execution index (RQ 3).
+WORKER_PREFIX: Final = f"{RQ_KEY_PREFIX}:worker:"
+
+#: Forget one dead execution everywhere RQ lists it: its hash, the job's execution registry and
+#: its worker's index. RQ's success handling of a later run fetches every execution the job's
+#: registry lists; a listed execution whose hash is gone makes it raise (docs/PLATFORM.md, "RQ:
+#: executions"), so a recovered execution must not stay listed.
+FORGET_EXECUTION: Final = f"""
+local function forget_execution(id, member)
+  local ekey = '{EXECUTION_PREFIX}' .. member
+  local wname = redis.call('HGET', ekey, 'worker_name')
+  redis.call('DEL', ekey)
+  redis.call('ZREM', '{EXECUTIONS_PREFIX}' .. id, string.sub(member, #id + 2))
+  if wname and wname ~= '' then
+    redis.call('SREM', '{WORKER_PREFIX}' .. wname .. ':executions', member)
+  end
+end
+"""
