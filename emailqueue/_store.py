@@ -12,7 +12,8 @@
 | retry        | the retry policy, then RQ's ``Job.retry``    | drain, immediate (RQ for VMs)    |
 | fail         | -> failed, the one FAIL script               | drain, recovery, rejected, bad   |
 | recover      | abandoned -> queued, held (HOLD) or failed   | the drain                        |
-| requeue      | failed -> queued (accepted: -> gone)         | admin API, CLI, dashboard        |
+| requeue      | failed -> queued (accepted: -> gone; outcome | admin API, CLI, dashboard        |
+|              | unknown: left failed unless forced)          |                                  |
 | orphans      | a hash in no registry, no TTL -> gone/queued | the drain, on runs that did work |
 | pack_*       | queued -> a pack -> gone or failed           | the drain, via :mod:`._pack`     |
 +--------------+----------------------------------------------+----------------------------------+
@@ -50,13 +51,13 @@ from ._constants import SUPPRESSED_KEY
 from ._enqueue import job_mapping
 from ._events import SentEmail, record_sent
 from ._exceptions import SendError
-from ._failure import failure_record, meta_with, requeue_record
+from ._failure import failure_record, meta_with, read_record, requeue_record
 from ._keys import QueueKeys
 from ._now_scripts import Claim, NowClaimed, NowScripts
 from ._pack_scripts import PackKeys, PackRow, PackScripts
 from ._payload import PACK_FIELD, Payload, idempotency_key_for
 from ._ratelimit import limiter_key
-from ._retry import apply_failure_policy, plan_abandoned
+from ._retry import OUTCOME_UNKNOWN, apply_failure_policy, plan_abandoned
 from ._scripts import ACCEPTED_FIELD, Claimed, Orphans, Recovered, Scripts
 from ._settings import Settings
 
@@ -295,23 +296,37 @@ class JobStore:
         return found
 
     # --- repair ---
-    def requeue(self, job_ids: list[str], *, enqueued_at: str) -> tuple[list[str], list[str], list[str]]:
+    def requeue(
+        self, job_ids: list[str], *, enqueued_at: str, force: bool = False
+    ) -> tuple[list[str], list[str], list[str], list[str]]:
         """Failed jobs back on the queue with a full set of retries. Returns (requeued, not found,
-        already delivered: Resend accepted them, so they were deleted instead)."""
+        already delivered: Resend accepted them, so they were deleted instead, needs force).
+
+        A job that failed as ``outcome_unknown`` (Resend may have delivered it and no longer
+        knows its key, so a resend may be a second email) is left failed, in "needs force",
+        unless ``force``: then it is requeued to be sent again, as a new email to Resend."""
         with self.conn.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
                 pipe.hget(self.keys.job_prefix + job_id, "meta")
-            metas = pipe.execute() if job_ids else []
-        pairs = [
-            (job_id, meta_with(meta, requeue_record(meta)))
-            for job_id, meta in zip(job_ids, metas, strict=True)
-        ]
-        return self.scripts.requeue(
+                pipe.zscore(self.keys.failed, job_id)
+            replies = pipe.execute() if job_ids else []
+        pairs, needs_force = [], []
+        for job_id, meta, failed in zip(job_ids, replies[::2], replies[1::2], strict=True):
+            error = read_record(meta).get("error")
+            unknown = error is not None and error["name"] == OUTCOME_UNKNOWN
+            if unknown and failed is not None and not force:
+                needs_force.append(job_id)
+                continue
+            # Forced: its earlier sends no longer count, or it would fail again unsent
+            # (a send after an ambiguous one is never made once the key's window is closing).
+            pairs.append((job_id, meta_with(meta, requeue_record(meta, maybe_sent=not unknown))))
+        requeued, missing, delivered = self.scripts.requeue(
             metas=pairs,
             retries_left=max(self.settings.email_max_attempts - 1, 0),
             enqueued_at=enqueued_at,
             queues_key=Queue.redis_queues_keys,
         )
+        return requeued, missing, delivered, needs_force
 
     # --- packs: queued single emails sent together in one batch request (see ._pack) ---
     def pack_claim(

@@ -26,7 +26,7 @@ import redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from emailqueue import Settings, drain, send_email
+from emailqueue import Settings, drain, requeue_failed, send_email
 from emailqueue._failure import read_record
 from emailqueue._retry import ABANDONED, KEY_WINDOW_MARGIN_S, KEY_WINDOW_S, OUTCOME_UNKNOWN
 from emailqueue.testing import FakeResend
@@ -231,3 +231,5 @@ def test_a_job_abandoned_as_its_window_closes_fails_as_outcome_unknown_and_is_no
         drain(connection=real_conn, settings=last_attempt, wall_clock=lambda: closing + 3600).processed == 0
     )
     assert len(fake_resend.requests) == 1, "nothing sent after the abandoned send"
+    report = requeue_failed(real_conn, last_attempt)
+    assert (report.requeued, report.needs_force) == ([], [job_id]), "nor by a requeue, unless forced"
