@@ -160,7 +160,8 @@ def on_failure(
     job: Job, connection: redis.Redis, exc_type: type[BaseException] | None = None, *_: Any
 ) -> None:
     """``EmailJob``'s failure callback (its own, never one named in the job hash). RQ calls it as
-    its StartedJobRegistry cleanup settles an execution whose worker died (``AbandonedJobError``):
+    its StartedJobRegistry cleanup settles an execution whose worker died (``AbandonedJobError``),
+    before it retries or fails that same job object (docs/PLATFORM.md, "RQ: abandoned jobs"):
     then :func:`settle_abandoned`. In the work horse, after a job raised, it does nothing: the
     retry policy has run already."""
     if exc_type is not None and issubclass(exc_type, AbandonedJobError):

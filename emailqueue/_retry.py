@@ -184,7 +184,7 @@ def apply_abandoned_policy(
     since = job.created_at.timestamp() if job.created_at else 0.0
     now = time.time() if now is None else now
     delay, error, record = plan_abandoned(job.meta, since=since, now=now, settings=settings, rng=rng)
-    # RQ saves the meta with a retry, but not when it fails the job.
+    # RQ saves the meta with a retry, not when it fails the job (docs/PLATFORM.md, "RQ: abandoned jobs").
     record_on(job, record, save=True)
     if delay is None:
         log.warning("job %s: abandoned as its key's window closes: failed (%s)", job.id, error.name)

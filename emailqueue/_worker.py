@@ -9,6 +9,10 @@
   worker host.
 - **No secret in argv.** The Redis URL (and its password) is passed as ``RQ_REDIS_URL`` in the
   environment, not ``--url``, so ``ps`` does not show it.
+- **It settles abandoned executions.** A job whose worker died mid-send on its last attempt may
+  have been accepted by Resend: :class:`EmailJob`'s own failure callback (RQ's maintenance) and
+  :meth:`EmailWorker.handle_work_horse_killed` (a work horse killed under a live worker) hold on
+  to it under its key instead of letting RQ fail it (``_retry.apply_abandoned_policy``).
 - **It packs.** :class:`EmailWorker` (``--worker-class``) sends queued single emails up to 100 per
   ``POST /emails/batch`` (:mod:`._pack`), by running the serverless drain's own code in the worker
   process, bounded (:data:`ROUND_MAX_REQUESTS` requests, :data:`ROUND_BUDGET_S` s): after a job
