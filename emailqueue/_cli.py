@@ -68,6 +68,11 @@ def _parser() -> argparse.ArgumentParser:
     requeue = failed_sub.add_parser("requeue", help="requeue failed jobs (they keep their idempotency keys)")
     requeue.add_argument("ids", nargs="*")
     requeue.add_argument("--all", action="store_true")
+    requeue.add_argument(
+        "--force",
+        action="store_true",
+        help="requeue outcome_unknown jobs too (Resend may have delivered them: they may be sent twice)",
+    )
     requeue.add_argument("--json", action="store_true")
 
     suppressions = sub.add_parser("suppressions", help="the suppression list mirrored from Resend")
@@ -251,7 +256,8 @@ def _cmd_failed(args: argparse.Namespace, out: IO[str]) -> int:
         return 0
     if bool(args.ids) == bool(args.all):
         raise EmailQueueError("name the job ids to requeue, or pass --all (not both)")
-    result = requeue_failed(conn, settings, None if args.all else list(args.ids)).to_dict()
+    ids = None if args.all else list(args.ids)
+    result = requeue_failed(conn, settings, ids, force=args.force).to_dict()
     if args.json:
         _print_json(result, out)
     else:
@@ -261,7 +267,13 @@ def _cmd_failed(args: argparse.Namespace, out: IO[str]) -> int:
             if result["not_found"]
             else "\n"
         )
-    return 0 if not result["not_found"] else 1
+        if result["already_delivered"]:
+            delivered = ", ".join(result["already_delivered"])
+            out.write(f"already accepted by Resend (deleted, not sent again): {delivered}\n")
+        if result["needs_force"]:
+            out.write(f"not requeued: {', '.join(result['needs_force'])}\n")
+            out.write(f"  {result['needs_force_reason']} (--force)\n")
+    return 0 if not (result["not_found"] or result["needs_force"]) else 1
 
 
 def _cmd_send(args: argparse.Namespace, out: IO[str]) -> int:

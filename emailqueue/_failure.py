@@ -117,8 +117,9 @@ def failure_record(
     return record
 
 
-def requeue_record(meta: Any) -> FailureRecord:
-    """The record of a job put back on the queue: no error, attempts counted as past ones."""
+def requeue_record(meta: Any, *, maybe_sent: bool = True) -> FailureRecord:
+    """The record of a job put back on the queue: no error, attempts counted as past ones.
+    ``maybe_sent=False`` forgets that Resend may have it (a forced requeue: send it anyway)."""
     old = read_record(meta)
     record: FailureRecord = {
         "error": None,
@@ -126,7 +127,7 @@ def requeue_record(meta: Any) -> FailureRecord:
         "requeued": old.get("requeued", 0) + 1,
         "past_attempts": old.get("past_attempts", 0) + old.get("attempts", 0),
     }
-    if old.get("maybe_sent"):
+    if maybe_sent and old.get("maybe_sent"):
         record["maybe_sent"] = True  # the key's earlier sends still count: Resend may have it
     return record
 

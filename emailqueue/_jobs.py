@@ -21,6 +21,7 @@ from typing import Any
 
 import redis
 from rq import get_current_job
+from rq.exceptions import AbandonedJobError
 from rq.job import Job
 
 from ._events import record_sent, sent_emails
@@ -30,7 +31,13 @@ from ._outbox import OutboxClient
 from ._payload import parse_payload
 from ._ratelimit import RateLimiter, limiter_key
 from ._resend import ResendClient, build_http_client
-from ._retry import apply_failure_policy, keep_for_later, outcome_unknown, window_closing
+from ._retry import (
+    apply_abandoned_policy,
+    apply_failure_policy,
+    keep_for_later,
+    outcome_unknown,
+    window_closing,
+)
 from ._send import Outcome, Sender, send
 from ._settings import Settings, load_settings
 from ._store import JobStore
@@ -147,6 +154,31 @@ def deliver(payload: dict[str, Any]) -> str:
     store.accept(job.id, worker_name=job.worker_name or "", sent=outcome.sent)
     _record_sent(job, payload, outcome, settings)
     return f"sent {outcome.sent}, rejected {len(outcome.rejected)}"
+
+
+def on_failure(
+    job: Job, connection: redis.Redis, exc_type: type[BaseException] | None = None, *_: Any
+) -> None:
+    """``EmailJob``'s failure callback (its own, never one named in the job hash). RQ calls it as
+    its StartedJobRegistry cleanup settles an execution whose worker died (``AbandonedJobError``),
+    before it retries or fails that same job object (docs/PLATFORM.md, "RQ: abandoned jobs"):
+    then :func:`settle_abandoned`. In the work horse, after a job raised, it does nothing: the
+    retry policy has run already."""
+    if exc_type is not None and issubclass(exc_type, AbandonedJobError):
+        settle_abandoned(job)
+
+
+def settle_abandoned(job: Job) -> None:
+    """RQ is about to retry or fail ``job``, whose execution was abandoned (its worker or work
+    horse died mid-send, maybe after Resend accepted it): set what RQ should do
+    (:func:`._retry.apply_abandoned_policy`). An accepted job is finished by one more run; one
+    with no attempts left is resent under its key while the key's window lasts."""
+    try:
+        settings = RUNTIME.get()[0]
+    except ConfigurationError:
+        settings = load_settings()  # no API key: the policy needs the backoff settings only
+    store = JobStore(job.connection, job.origin, settings)
+    apply_abandoned_policy(job, settings, accepted=store.is_accepted(job.id))
 
 
 def _record_sent(job: Job, raw: Any, outcome: Outcome, settings: Settings) -> None:

@@ -1,6 +1,7 @@
 """The Lua scripts of recovery: PROMOTE (due retries back to the queue), RECOVER (abandoned
-executions), SWEEP (jobs a dead worker left in RQ's intermediate list) and ORPHANS (job hashes
-in no list or registry). Called through :class:`._scripts.Scripts`."""
+executions), HOLD (a job abandoned with no attempts left, resent later under its key), SWEEP
+(jobs a dead worker left in RQ's intermediate list) and ORPHANS (job hashes in no list or
+registry). Called through :class:`._scripts.Scripts`."""
 
 from __future__ import annotations
 
@@ -45,8 +46,9 @@ return #ids
 #: - A job Resend already accepted is done: it is deleted, never sent or failed again.
 #: - A started job with attempts left is requeued (same payload, same idempotency key) and
 #:   spends one attempt, so a job that kills its worker every time cannot loop forever.
-#: - A started job with no attempts left is not failed here: its entry is pushed one lease
-#:   ahead and returned as exhausted, for the store to fail it the one way jobs are failed.
+#: - A started job with no attempts left is not settled here: its entry is pushed one lease
+#:   ahead and returned as exhausted, for the store to hold on to it (HOLD) or fail it (FAIL)
+#:   as ``_retry.plan_abandoned`` says.
 #: - A job still ``queued`` was registered by a VM worker that died before its work horse
 #:   started it (RQ registers the execution, then forks): nothing was sent, so it is requeued
 #:   without spending an attempt, unless it is already back on the queue.
@@ -83,6 +85,24 @@ for _, m in ipairs(members) do
   end
 end
 return {requeued, exhausted, done}
+"""
+)
+
+#: Hold on to a job abandoned with no attempts left while its key's window lasts (see
+#: ``_retry.plan_abandoned``): one more send under its key, at ARGV[4]. ZREM of its exhausted
+#: started-registry entry decides who settles it (0 if someone else did); the dead execution is
+#: forgotten; the job becomes ``scheduled`` with no retries after this one (as RQ's ``Job.retry``
+#: leaves it) and our record in ``meta``, in RQ's ScheduledJobRegistry, which the RQ scheduler and
+#: the drain's PROMOTE read. ARGV: member, job id, meta, due (Unix seconds).
+HOLD: Final = (
+    FORGET_EXECUTION
+    + """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+forget_execution(ARGV[2], ARGV[1])
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], 'status', 'scheduled', 'retries_left', 0, 'meta', ARGV[3])
+redis.call('ZADD', KEYS[3], tonumber(ARGV[4]), ARGV[2])
+return 1
 """
 )
 

@@ -26,6 +26,13 @@ fail, as ``outcome_unknown``, with a record saying it may have been delivered. A
 made within ``SEND_GUARD_S`` of the window's end after an ambiguous one (:func:`window_closing`).
 Definite failures (a 429 ``rate_limit_exceeded``, 408/425, a quota error, no send slot, a
 connection that never opened) leave the count of attempts as it was.
+
+**Abandoned.** An execution whose worker, drain or caller died mid-send is just as ambiguous:
+it may have died after Resend accepted the email. So a job abandoned with no attempts left is
+held on the same way (:func:`plan_abandoned`): resent under its key at the backoff cap while the
+window lasts, failed as ``outcome_unknown`` when it closes. The drain's recovery
+(:meth:`._store.JobStore.recover`) and a VM worker's (:func:`apply_abandoned_policy`, called by
+``EmailJob`` and ``EmailWorker``) both use it.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import logging
 import math
 import random
 import time
+from typing import Any
 
 from rq.job import Job
 
@@ -45,7 +53,7 @@ from ._exceptions import (
     RetryableSendError,
     SendError,
 )
-from ._failure import attempts_of, failure_record, maybe_sent_of, record_on
+from ._failure import FailureRecord, attempts_of, failure_record, maybe_sent_of, record_on
 from ._settings import Settings
 
 log = logging.getLogger("emailqueue")
@@ -63,6 +71,8 @@ KEY_WINDOW_MARGIN_S = 3600
 SEND_GUARD_S = 600
 #: The error name of an email whose fate Resend never told us before its key's window closed.
 OUTCOME_UNKNOWN = "outcome_unknown"
+#: The error name of an execution whose worker, drain or caller died mid-send.
+ABANDONED = "abandoned"
 #: Our error names for requests that never left this host: they cannot have been accepted.
 _NEVER_SENT = frozenset({LOCAL_RATE_LIMIT, "connect_error", "connect_timeout"})
 
@@ -117,6 +127,71 @@ def outcome_unknown(last: SendError | None) -> PermanentSendError:
         "Check Resend (dashboard or GET /emails) before requeueing it: a requeue may send it twice.",
         name=OUTCOME_UNKNOWN,
     )
+
+
+def abandoned_error() -> RetryableSendError:
+    """The error of an execution whose worker died mid-send (ambiguous: Resend may have it)."""
+    return RetryableSendError(
+        "its worker died mid-send, maybe after Resend accepted the email", name=ABANDONED
+    )
+
+
+def plan_abandoned(
+    meta: Any, *, since: float, now: float, settings: Settings, rng: random.Random | None = None
+) -> tuple[int | None, SendError, FailureRecord]:
+    """The policy for a job abandoned with no attempts left (``meta``: its meta; ``since``: when
+    it was created, before any send under its key). Returns (seconds until it is resent under its
+    key, at the backoff cap as :func:`hold_on_delay` says, or None to fail it now; the error to
+    record: ``abandoned``, or ``outcome_unknown`` when the key's window is closing; the job's new
+    failure record, which says Resend may have it)."""
+    error: SendError = abandoned_error()
+    # Out of attempts: it has made at least the allowed number, so the delay is the cap's.
+    attempts = max(attempts_of(meta) + 1, settings.email_max_attempts)
+    delay = hold_on_delay(error, attempts=attempts, since=since, now=now, settings=settings, rng=rng)
+    if delay is None:
+        error = outcome_unknown(error)
+    record = failure_record(
+        meta, name=error.name, message=error.message, next_retry_in_s=delay, maybe_sent=True
+    )
+    return delay, error, record
+
+
+def apply_abandoned_policy(
+    job: Job,
+    settings: Settings,
+    *,
+    accepted: bool,
+    now: float | None = None,
+    rng: random.Random | None = None,
+) -> None:
+    """RQ is about to settle an execution of ``job`` whose worker died (its StartedJobRegistry
+    cleanup, or a work horse killed under a live worker): edit the job so RQ's own handling does
+    the right thing, as :func:`apply_failure_policy` does for a failed send.
+
+    - ``accepted`` (Resend's acceptance is recorded): one more run, at once; it finds the record
+      and finishes the job without sending (RQ would otherwise fail it on its last attempt).
+    - attempts left: nothing; RQ retries it, spending one, as the drain's recovery does.
+    - no attempts left: :func:`plan_abandoned`; one more retry at its delay, or failed as
+      ``outcome_unknown``.
+    """
+    if accepted:
+        job.retries_left = max(job.retries_left or 0, 1)
+        job.retry_intervals = [0]
+        log.warning("job %s: abandoned after Resend accepted it; finished by one more run", job.id)
+        return
+    if (job.retries_left or 0) > 0:
+        return
+    since = job.created_at.timestamp() if job.created_at else 0.0
+    now = time.time() if now is None else now
+    delay, error, record = plan_abandoned(job.meta, since=since, now=now, settings=settings, rng=rng)
+    # RQ saves the meta with a retry, not when it fails the job (docs/PLATFORM.md, "RQ: abandoned jobs").
+    record_on(job, record, save=True)
+    if delay is None:
+        log.warning("job %s: abandoned as its key's window closes: failed (%s)", job.id, error.name)
+        return
+    job.retries_left = 1
+    job.retry_intervals = [delay]
+    log.warning("job %s: abandoned with no attempts left; resent under its key in %ds", job.id, delay)
 
 
 def keep_for_later(job: Job, exc: ConfigurationError) -> None:

@@ -11,7 +11,7 @@ The Lua sources live by concern, one module each, this one holds their typed wra
 - :mod:`._lua_common`: the field and key prefixes, and the fragment that forgets an execution;
 - :mod:`._lua_send`: ENQUEUE, CLAIM, UNCLAIM, ACCEPT;
 - :mod:`._lua_settle`: FAIL, REQUEUE;
-- :mod:`._lua_recover`: PROMOTE, RECOVER, SWEEP, ORPHANS.
+- :mod:`._lua_recover`: PROMOTE, RECOVER, HOLD, SWEEP, ORPHANS.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from rq.defaults import RQ_KEY_PREFIX
 
 from ._keys import QueueKeys
 from ._lua_common import ACCEPTED_FIELD, EXECUTION_PREFIX, EXECUTIONS_PREFIX
-from ._lua_recover import ORPHANS, PROMOTE, RECOVER, SCHEDULER_LOCK_FLOOR_S, SCHEDULER_STALE_S, SWEEP
+from ._lua_recover import HOLD, ORPHANS, PROMOTE, RECOVER, SCHEDULER_LOCK_FLOOR_S, SCHEDULER_STALE_S, SWEEP
 from ._lua_send import ACCEPT, CLAIM, ENQUEUE, UNCLAIM
 from ._lua_settle import FAIL, REQUEUE
 from ._pack_scripts import PackKeys
@@ -181,6 +181,11 @@ class Scripts:
             [(_text(i), _text(m)) for i, m in exhausted],
             [_text(i) for i in done],
         )
+
+    def hold(self, *, job_id: str, member: str, meta: str, due: int) -> bool:
+        k = self.keys
+        keys = [k.started, k.job_prefix + job_id, k.scheduled]
+        return bool(self._run(HOLD, keys, [member, job_id, meta, due]))
 
     def sweep(self, *, now: float, grace: int) -> list[str]:
         k = self.keys

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Final
 
 import redis
@@ -49,6 +49,12 @@ from ._store import JobStore
 
 #: Ids requeued per script call: each call blocks Redis while it runs, so keep it short.
 REQUEUE_BATCH: Final = 500
+#: Why a requeue left jobs failed (``RequeueReport.needs_force``), in one line.
+NEEDS_FORCE_REASON: Final = (
+    "outcome unknown: Resend may have delivered these emails and no longer knows their "
+    "Idempotency-Key, so a requeue may send them twice; check Resend (dashboard or GET /emails), "
+    "then requeue them with force to send them anyway"
+)
 
 
 @dataclass(frozen=True)
@@ -78,12 +84,16 @@ class QueueStatus:
 
 @dataclass(frozen=True)
 class RequeueReport:
-    """Which failed jobs went back on the queue, which ids were not failed jobs, and which were
-    deleted instead because Resend had accepted them (requeueing would send them again)."""
+    """Which failed jobs went back on the queue, which ids were not failed jobs, which were
+    deleted instead because Resend had accepted them (requeueing would send them again), and
+    which were left failed because their outcome is unknown (``needs_force``, with the reason in
+    ``needs_force_reason``: requeueing them may send them twice)."""
 
     requeued: list[str]
     not_found: list[str]
     already_delivered: list[str] = field(default_factory=list)
+    needs_force: list[str] = field(default_factory=list)
+    needs_force_reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -185,7 +195,7 @@ def _details(
 
 
 def requeue_failed(
-    connection: redis.Redis, settings: Settings, job_ids: list[str] | None = None
+    connection: redis.Redis, settings: Settings, job_ids: list[str] | None = None, *, force: bool = False
 ) -> RequeueReport:
     """Put failed jobs back on the queue, all of them or the ones named.
 
@@ -196,10 +206,16 @@ def requeue_failed(
     whose acceptance by Resend is recorded is deleted instead (``already_delivered``): it was
     sent, and requeueing it would send it again once Resend's idempotency window closed.
 
+    A job that failed as ``outcome_unknown`` is left failed and listed in ``needs_force``: Resend
+    may have delivered it, and its key's 24 h window has closed, so a resend would be a new email
+    to Resend, maybe a second one to the recipient. Check Resend first; ``force=True`` requeues
+    such jobs too, to be sent again.
+
     Args:
         connection: the Redis connection.
         settings: queue name and the number of attempts.
         job_ids: the jobs to requeue; ``None`` for every failed job.
+        force: requeue ``outcome_unknown`` jobs as well.
 
     Returns:
         A :class:`RequeueReport`. Ids that are not in the failed registry are in ``not_found``.
@@ -215,12 +231,15 @@ def requeue_failed(
         else:
             ids = list(dict.fromkeys(job_ids))
         for start in range(0, len(ids), REQUEUE_BATCH):
-            done, missing, delivered = store.requeue(
-                ids[start : start + REQUEUE_BATCH], enqueued_at=utcformat(rq_now())
+            done, missing, delivered, unknown = store.requeue(
+                ids[start : start + REQUEUE_BATCH], enqueued_at=utcformat(rq_now()), force=force
             )
             report.requeued.extend(done)
             report.not_found.extend(missing)
             report.already_delivered.extend(delivered)
+            report.needs_force.extend(unknown)
+    if report.needs_force:
+        return replace(report, needs_force_reason=NEEDS_FORCE_REASON)
     return report
 
 

@@ -11,8 +11,9 @@
 | ack          | started -> gone (``result_ttl=0``)           | the drain, immediate sends       |
 | retry        | the retry policy, then RQ's ``Job.retry``    | drain, immediate (RQ for VMs)    |
 | fail         | -> failed, the one FAIL script               | drain, recovery, rejected, bad   |
-| recover      | abandoned execution -> queued or failed      | the drain                        |
-| requeue      | failed -> queued (accepted: -> gone)         | admin API and CLI                |
+| recover      | abandoned -> queued, held (HOLD) or failed   | the drain                        |
+| requeue      | failed -> queued (accepted: -> gone; outcome | admin API, CLI, dashboard        |
+|              | unknown: left failed unless forced)          |                                  |
 | orphans      | a hash in no registry, no TTL -> gone/queued | the drain, on runs that did work |
 | pack_*       | queued -> a pack -> gone or failed           | the drain, via :mod:`._pack`     |
 +--------------+----------------------------------------------+----------------------------------+
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import zlib
 from base64 import b64encode
@@ -49,13 +51,13 @@ from ._constants import SUPPRESSED_KEY
 from ._enqueue import job_mapping
 from ._events import SentEmail, record_sent
 from ._exceptions import SendError
-from ._failure import failure_record, meta_with, requeue_record
+from ._failure import failure_record, meta_with, read_record, requeue_record
 from ._keys import QueueKeys
 from ._now_scripts import Claim, NowClaimed, NowScripts
 from ._pack_scripts import PackKeys, PackRow, PackScripts
 from ._payload import PACK_FIELD, Payload, idempotency_key_for
 from ._ratelimit import limiter_key
-from ._retry import apply_failure_policy
+from ._retry import OUTCOME_UNKNOWN, apply_failure_policy, plan_abandoned
 from ._scripts import ACCEPTED_FIELD, Claimed, Orphans, Recovered, Scripts
 from ._settings import Settings
 
@@ -251,25 +253,34 @@ class JobStore:
         return self.scripts.sweep(now=now, grace=grace)
 
     def recover(self, *, now: float, limit: int, lease: int) -> Recovered:
-        """Abandoned executions: requeue (one attempt spent), finish (Resend accepted it), or fail
-        (no attempts left). Exhausted jobs are failed here, through :meth:`fail`."""
+        """Abandoned executions: requeue (one attempt spent), finish (Resend accepted it), or,
+        with no attempts left, hold on to them (:meth:`hold_abandoned`)."""
         recovered = self.scripts.recover(now=now, limit=limit, lease=lease)
         for job_id, member in recovered.exhausted:
-            meta = self.conn.hget(self.keys.job_prefix + job_id, "meta")
-            log.warning("job %s was abandoned by a dead worker with no attempts left: failed", job_id)
-            self.fail(
-                job_id,
-                name="abandoned",
-                message="its worker died mid-send and no attempts were left",
-                member=member,
-                meta=meta,
-            )
+            self.hold_abandoned(job_id, member, now=now)
         if recovered.requeued:
             log.warning(
                 "requeued %d job(s) abandoned by a dead worker (same idempotency keys)",
                 len(recovered.requeued),
             )
         return recovered
+
+    def hold_abandoned(self, job_id: str, member: str, *, now: float) -> bool:
+        """A job abandoned with no attempts left (its worker may have died after Resend accepted
+        it): resent later under its key while the key's window lasts (HOLD), else failed as
+        ``outcome_unknown`` (FAIL); see :func:`._retry.plan_abandoned`. Returns True if it will be
+        resent, False if it failed or someone else settled it."""
+        meta = self.conn.hget(self.keys.job_prefix + job_id, "meta")
+        delay, error, record = plan_abandoned(
+            meta, since=self.created_at(job_id), now=now, settings=self.settings
+        )
+        if delay is None:
+            log.warning("job %s: abandoned as its key's window closes: failed (%s)", job_id, error.name)
+            self._fail(job_id, meta_with(meta, record), member=member, exc_string=f"{error.name}: {error}")
+            return False
+        log.warning("job %s: abandoned with no attempts left; resent under its key in %ds", job_id, delay)
+        due = math.ceil(now + delay)  # RQ schedules in whole seconds
+        return self.scripts.hold(job_id=job_id, member=member, meta=meta_with(meta, record), due=due)
 
     def sweep_orphans(self, *, count: int, every_s: int) -> Orphans:
         """At most once per ``every_s`` seconds (whichever drain comes first), one bounded step of
@@ -285,23 +296,37 @@ class JobStore:
         return found
 
     # --- repair ---
-    def requeue(self, job_ids: list[str], *, enqueued_at: str) -> tuple[list[str], list[str], list[str]]:
+    def requeue(
+        self, job_ids: list[str], *, enqueued_at: str, force: bool = False
+    ) -> tuple[list[str], list[str], list[str], list[str]]:
         """Failed jobs back on the queue with a full set of retries. Returns (requeued, not found,
-        already delivered: Resend accepted them, so they were deleted instead)."""
+        already delivered: Resend accepted them, so they were deleted instead, needs force).
+
+        A job that failed as ``outcome_unknown`` (Resend may have delivered it and no longer
+        knows its key, so a resend may be a second email) is left failed, in "needs force",
+        unless ``force``: then it is requeued to be sent again, as a new email to Resend."""
         with self.conn.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
                 pipe.hget(self.keys.job_prefix + job_id, "meta")
-            metas = pipe.execute() if job_ids else []
-        pairs = [
-            (job_id, meta_with(meta, requeue_record(meta)))
-            for job_id, meta in zip(job_ids, metas, strict=True)
-        ]
-        return self.scripts.requeue(
+                pipe.zscore(self.keys.failed, job_id)
+            replies = pipe.execute() if job_ids else []
+        pairs, needs_force = [], []
+        for job_id, meta, failed in zip(job_ids, replies[::2], replies[1::2], strict=True):
+            error = read_record(meta).get("error")
+            unknown = error is not None and error["name"] == OUTCOME_UNKNOWN
+            if unknown and failed is not None and not force:
+                needs_force.append(job_id)
+                continue
+            # Forced: its earlier sends no longer count, or it would fail again unsent
+            # (a send after an ambiguous one is never made once the key's window is closing).
+            pairs.append((job_id, meta_with(meta, requeue_record(meta, maybe_sent=not unknown))))
+        requeued, missing, delivered = self.scripts.requeue(
             metas=pairs,
             retries_left=max(self.settings.email_max_attempts - 1, 0),
             enqueued_at=enqueued_at,
             queues_key=Queue.redis_queues_keys,
         )
+        return requeued, missing, delivered, needs_force
 
     # --- packs: queued single emails sent together in one batch request (see ._pack) ---
     def pack_claim(

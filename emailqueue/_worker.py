@@ -9,6 +9,10 @@
   worker host.
 - **No secret in argv.** The Redis URL (and its password) is passed as ``RQ_REDIS_URL`` in the
   environment, not ``--url``, so ``ps`` does not show it.
+- **It settles abandoned executions.** A job whose worker died mid-send on its last attempt may
+  have been accepted by Resend: :class:`EmailJob`'s own failure callback (RQ's maintenance) and
+  :meth:`EmailWorker.handle_work_horse_killed` (a work horse killed under a live worker) hold on
+  to it under its key instead of letting RQ fail it (``_retry.apply_abandoned_policy``).
 - **It packs.** :class:`EmailWorker` (``--worker-class``) sends queued single emails up to 100 per
   ``POST /emails/batch`` (:mod:`._pack`), by running the serverless drain's own code in the worker
   process, bounded (:data:`ROUND_MAX_REQUESTS` requests, :data:`ROUND_BUDGET_S` s): after a job
@@ -77,8 +81,11 @@ class EmailJob(Job):
         return None
 
     @property
-    def failure_callback(self) -> None:
-        return None
+    def failure_callback(self) -> Callable[..., None]:
+        # Ours, fixed: an execution RQ's cleanup finds abandoned is settled by emailqueue's policy.
+        from ._jobs import on_failure
+
+        return on_failure
 
     @property
     def stopped_callback(self) -> None:
@@ -161,6 +168,21 @@ class EmailWorker(Worker):
             # Packing off: still resend the packs left from when it was on, as a drain would.
             if settings.email_pack or self.connection.exists(PackKeys.of(queue.name).packs):
                 self._round(settings, "maintenance")
+
+    def handle_work_horse_killed(self, job: Job, retpid: int, ret_val: int, rusage: Any) -> None:
+        """A work horse died mid-job (the OOM killer, a SIGKILL) while this worker lives: RQ retries
+        or fails the job right after this. Its execution was abandoned, maybe after Resend accepted
+        the email, so emailqueue's policy for that sets which (``_jobs.settle_abandoned``)."""
+        super().handle_work_horse_killed(job, retpid, ret_val, rusage)  # type: ignore[no-untyped-call]
+        from ._jobs import settle_abandoned
+
+        try:
+            job.get_meta(refresh=True)  # the horse may have saved a failure record since
+            settle_abandoned(job)
+        except Exception as exc:  # RQ then settles the job as it would without us
+            self.log.error(
+                "Worker %s: job %s: settling its abandoned execution failed: %r", self.name, job.id, exc
+            )
 
     def _round_settings(self, queue_name: str) -> Settings | None:
         """The settings of a round on ``queue_name``; None when this worker cannot send."""

@@ -323,7 +323,13 @@ def test_requeue_by_id_then_a_drain_delivers_with_the_same_idempotency_key(
     job_id = fail_one(client, conn, settings, fake_resend)
     reply = client.post(REQUEUE, headers=bearer(ADMIN_TOKEN), json={"ids": [job_id, "em_unknown"]})
     assert reply.status_code == 200
-    assert reply.json() == {"requeued": [job_id], "not_found": ["em_unknown"], "already_delivered": []}
+    assert reply.json() == {
+        "requeued": [job_id],
+        "not_found": ["em_unknown"],
+        "already_delivered": [],
+        "needs_force": [],
+        "needs_force_reason": None,
+    }
     assert client.get(STATUS, headers=bearer(ADMIN_TOKEN)).json()["failed"] == 0
     assert client.get(CRON, headers=bearer(CRON_SECRET)).json()["sent"] == 1
     assert fake_resend.accepted[0].idempotency_key == "emailqueue-" + job_id

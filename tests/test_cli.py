@@ -90,7 +90,13 @@ def test_failed_list_and_requeue(env: dict[str, str], fake_resend: FakeResend) -
     code, out = run("failed", "list")
     assert job_id in out and "validation_error" in out
     code, out = run("failed", "requeue", job_id, "--json")
-    assert json.loads(out) == {"requeued": [job_id], "not_found": [], "already_delivered": []}
+    assert json.loads(out) == {
+        "requeued": [job_id],
+        "not_found": [],
+        "already_delivered": [],
+        "needs_force": [],
+        "needs_force_reason": None,
+    }
     run("drain")
     assert fake_resend.accepted[0].idempotency_key == f"emailqueue-{job_id}"
     code, out = run("failed", "requeue", "no-such-job")

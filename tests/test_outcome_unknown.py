@@ -280,8 +280,10 @@ def test_a_single_email_left_unknown_until_the_window_closes_fails_as_outcome_un
     error = record(real_conn, job_id)["error"]
     assert isinstance(error, dict) and error["name"] == OUTCOME_UNKNOWN
     assert "may have delivered" in str(error["message"])
-    # A requeue is the operator's call: the record says it may send the email twice.
-    assert requeue_failed(real_conn, ssettings, [job_id]).requeued == [job_id]
+    # A requeue is the operator's call, made with force: it may send the email twice
+    # (tests/test_requeue_outcome_unknown.py).
+    assert requeue_failed(real_conn, ssettings, [job_id]).needs_force == [job_id]
+    assert requeue_failed(real_conn, ssettings, [job_id], force=True).requeued == [job_id]
 
 
 def test_a_single_email_is_never_sent_after_the_window_once_its_outcome_was_unknown(

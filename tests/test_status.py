@@ -301,7 +301,13 @@ def test_requeue_by_id_keeps_the_payload_and_gives_full_retries(
 
     report = requeue_failed(conn, settings, [job_id])
 
-    assert report.to_dict() == {"requeued": [job_id], "not_found": [], "already_delivered": []}
+    assert report.to_dict() == {
+        "requeued": [job_id],
+        "not_found": [],
+        "already_delivered": [],
+        "needs_force": [],
+        "needs_force_reason": None,
+    }
     key = f"rq:job:{job_id}"
     assert conn.hget(key, "status") == b"queued"
     assert int(conn.hget(key, "retries_left") or -1) == settings.email_max_attempts - 1
@@ -332,7 +338,13 @@ def test_requeued_job_is_delivered_with_its_original_idempotency_key(
 def test_requeue_all_and_unknown_ids(conn: redis.Redis, settings: Settings, fake_resend: FakeResend) -> None:
     ids = [fail_permanently(conn, settings, fake_resend, to=f"u{i}@example.com") for i in range(3)]
     missing = requeue_failed(conn, settings, ["em_nope", ids[0], ids[0]])
-    assert missing.to_dict() == {"requeued": [ids[0]], "not_found": ["em_nope"], "already_delivered": []}
+    assert missing.to_dict() == {
+        "requeued": [ids[0]],
+        "not_found": ["em_nope"],
+        "already_delivered": [],
+        "needs_force": [],
+        "needs_force_reason": None,
+    }
     rest = requeue_failed(conn, settings)
     assert sorted(rest.requeued) == sorted(ids[1:]) and rest.not_found == []
     assert conn.llen("rq:queue:emails") == 3
@@ -340,6 +352,8 @@ def test_requeue_all_and_unknown_ids(conn: redis.Redis, settings: Settings, fake
         "requeued": [],
         "not_found": [],
         "already_delivered": [],
+        "needs_force": [],
+        "needs_force_reason": None,
     }
 
 

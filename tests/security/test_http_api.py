@@ -362,6 +362,8 @@ def test_admin_replies_never_reveal_addresses_bodies_keys_or_passwords(
         "requeued": ["em_crashed"],
         "not_found": ["em_missing"],
         "already_delivered": [],
+        "needs_force": [],
+        "needs_force_reason": None,
     }
     assert [r.status_code for r in replies[4:]] == [422, 401, 200]
     text = "\n".join(r.text for r in replies)

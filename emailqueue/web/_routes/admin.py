@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Self
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints, model_validator
 
 from emailqueue.web._deps import AdminAuthorized, ConnectionDep, SettingsDep
 from emailqueue.web._route import EmailQueueRoute
@@ -17,12 +17,14 @@ JobId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,128}$")]
 
 
 class RequeueRequest(BaseModel):
-    """``{"ids": [...]}`` or ``{"all": true}``: exactly one of them."""
+    """``{"ids": [...]}`` or ``{"all": true}``: exactly one of them. ``"force": true`` requeues
+    ``outcome_unknown`` jobs too (Resend may have delivered them: they may be sent twice)."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     ids: list[JobId] | None = Field(default=None, min_length=1, max_length=1000)
     all_: bool = Field(default=False, alias="all")
+    force: StrictBool = False  # a JSON true only: it may send emails twice
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Self:
@@ -48,10 +50,13 @@ def get_queue_status(
 def post_requeue(
     _auth: AdminAuthorized, body: RequeueRequest, settings: SettingsDep, connection: ConnectionDep
 ) -> dict[str, Any]:
-    """Requeue failed jobs (same idempotency keys, full retries): ``{"requeued", "not_found"}``."""
+    """Requeue failed jobs (same idempotency keys, full retries): ``{"requeued", "not_found",
+    "already_delivered", "needs_force", "needs_force_reason"}``. ``outcome_unknown`` jobs stay
+    failed, in ``needs_force``, unless ``"force": true``."""
     from emailqueue import requeue_failed
 
-    return requeue_failed(connection, settings, None if body.all_ else body.ids).to_dict()
+    ids = None if body.all_ else body.ids
+    return requeue_failed(connection, settings, ids, force=body.force).to_dict()
 
 
 @router.get("/emails")

@@ -171,6 +171,11 @@ async def post_requeue(
         message = f"requeued {job_id}"
     elif job_id in done.get("already_delivered", []):
         message = f"{job_id} was already accepted by Resend: deleted, not sent again"
+    elif job_id in done.get("needs_force", []):
+        message = (
+            f"{job_id} was not requeued: its outcome is unknown, Resend may have delivered it; "
+            "check Resend, then requeue it with `emailqueue failed requeue --force` to send it anyway"
+        )
     else:
         message = f"{job_id} is not a failed job"
     return RedirectResponse(f"./?message={quote(message)}", status_code=303)
