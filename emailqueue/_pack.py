@@ -22,10 +22,10 @@ Exactly once, as for a single job:
    ones and lists the rejected indexes; each rejected email fails alone, through the store's one
    failure path, with Resend's message.
 5. **Not failed while Resend may have it.** A pack whose attempts run out after a send of it
-   failed ambiguously (a lost reply, a 5xx) is resent as a unit at the backoff cap until Resend
-   answers for certain, and its jobs fail as ``outcome_unknown`` only when the key's 24 h window
-   is closing (:mod:`._retry`): failed, each would be requeued under its own key, which Resend
-   cannot match with the pack's.
+   failed ambiguously (a lost reply, a 5xx) is resent as a unit, with the usual backoff (up to
+   its cap), until Resend answers for certain, and its jobs fail as ``outcome_unknown`` only
+   when the key's 24 h window is closing (:mod:`._retry`): failed, each would be requeued under
+   its own key, which Resend cannot match with the pack's.
 
 Packing never waits for a batch to fill: a drain packs what is queued when it claims. Emails
 the batch endpoint refuses (attachments, ``send_at``), fan-out chunks (already batches) and

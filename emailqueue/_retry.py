@@ -18,8 +18,8 @@ reply we could not read) may have been accepted by Resend. Once such a send has 
 the job would record as failed an email Resend may have sent, and a requeue could send it again.
 Resending it under the same Idempotency-Key is safe while Resend remembers the key, 24 h
 (docs/PLATFORM.md, "Resend: idempotency keys"). So when the attempts of a job (or a pack,
-:mod:`._pack`) run out and any of its sends was ambiguous, it is not failed: it is retried at the
-backoff cap under the same key (:func:`hold_on_delay`) until Resend answers for certain
+:mod:`._pack`) run out and any of its sends was ambiguous, it is not failed: it is retried with
+the usual backoff (up to its cap) under the same key (:func:`hold_on_delay`) until Resend answers for certain
 (accepted: done; refused: failed with Resend's reason), and only when the key's window is about
 to close (``KEY_WINDOW_S - KEY_WINDOW_MARGIN_S`` after the key's first possible use) does it
 fail, as ``outcome_unknown``, with a record saying it may have been delivered. A send is never
@@ -29,8 +29,8 @@ connection that never opened) leave the count of attempts as it was.
 
 **Abandoned.** An execution whose worker, drain or caller died mid-send is just as ambiguous:
 it may have died after Resend accepted the email. So a job abandoned with no attempts left is
-held on the same way (:func:`plan_abandoned`): resent under its key at the backoff cap while the
-window lasts, failed as ``outcome_unknown`` when it closes. The drain's recovery
+held on the same way (:func:`plan_abandoned`): resent under its key, with the usual backoff (up
+to its cap), while the window lasts, failed as ``outcome_unknown`` when it closes. The drain's recovery
 (:meth:`._store.JobStore.recover`) and a VM worker's (:func:`apply_abandoned_policy`, called by
 ``EmailJob`` and ``EmailWorker``) both use it.
 """
@@ -96,9 +96,9 @@ def hold_on_delay(
     rng: random.Random | None = None,
 ) -> int | None:
     """Seconds until the next send of a job or pack whose attempts ran out while its outcome is
-    unknown (a send since ``since``, Unix time, may have been accepted): at the backoff cap, and
-    never past ``since + KEY_WINDOW_S - KEY_WINDOW_MARGIN_S``. None: the window is closing, fail
-    it as :data:`OUTCOME_UNKNOWN`."""
+    unknown (a send since ``since``, Unix time, may have been accepted): the usual backoff for
+    ``attempts`` (up to its cap), and never past ``since + KEY_WINDOW_S - KEY_WINDOW_MARGIN_S``.
+    None: the window is closing, fail it as :data:`OUTCOME_UNKNOWN`."""
     deadline = since + KEY_WINDOW_S - KEY_WINDOW_MARGIN_S
     if not isinstance(exc, RetryableSendError) or now >= deadline:
         return None
@@ -141,7 +141,7 @@ def plan_abandoned(
 ) -> tuple[int | None, SendError, FailureRecord]:
     """The policy for a job abandoned with no attempts left (``meta``: its meta; ``since``: when
     it was created, before any send under its key). Returns (seconds until it is resent under its
-    key, at the backoff cap as :func:`hold_on_delay` says, or None to fail it now; the error to
+    key, with the delay :func:`hold_on_delay` gives, or None to fail it now; the error to
     record: ``abandoned``, or ``outcome_unknown`` when the key's window is closing; the job's new
     failure record, which says Resend may have it)."""
     error: SendError = abandoned_error()
