@@ -107,3 +107,10 @@ def test_a_failed_pack_fails_each_job_with_the_error_and_is_dropped(store: JobSt
         }
     assert store.conn.zscore(store.pack_keys.packs, pack.pack_id) is None
     assert not store.conn.exists(store.pack_keys.pack_prefix + pack.pack_id)
+
+
+def test_a_failed_pack_keeps_300_characters_of_a_long_reason(store: JobStore) -> None:
+    pack = _one_pack(store, n=2)
+    store.pack_fail(pack, PermanentSendError("y" * 1000, name="validation_error", status_code=422))
+    message = read_record(store.conn.hget(f"rq:job:{pack.ids[0]}", "meta"))["error"]["message"]
+    assert len(message) == 300 and message.startswith("422 validation_error: yyy")
