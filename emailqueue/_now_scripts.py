@@ -148,7 +148,7 @@ class NowClaimed:
     ``data`` (a queued job claimed) or ``hits`` (``[digest, entry, ...]``, suppressed)."""
 
     state: int
-    wait: float
+    wait: float = -1.0
     data: bytes | None = None
     hits: tuple[str, ...] = ()
 
@@ -190,7 +190,7 @@ class NowScripts:
         keys = [k.queue, queues_key, k.started, limiter_key, suppression_key]
         state, reply = self.conn.register_script(WRITE_AND_CLAIM)(keys=keys, args=args)
         if int(state) == 3:
-            return NowClaimed(3, -1.0, hits=tuple(_text(v) for v in reply))
+            return NowClaimed(3, hits=tuple(_text(v) for v in reply))
         return NowClaimed(int(state), float(reply))
 
     def claim_queued(self, *, claim: Claim, limiter_key: str) -> NowClaimed:
@@ -200,4 +200,4 @@ class NowScripts:
         row = self.conn.register_script(CLAIM_QUEUED)(keys=keys, args=self._argv(claim))
         if int(row[0]) == 1:
             return NowClaimed(1, float(row[1]), data=row[2])
-        return NowClaimed(int(row[0]), -1.0)
+        return NowClaimed(int(row[0]))

@@ -74,7 +74,7 @@ def _enqueue_args(
     jobs: list[tuple[str, str, tuple[str, ...], dict[str, Any]]],
     dedup_ttl: int,
     token: str,
-    checks: tuple[str, ...] = (),
+    checks: tuple[str, ...],
 ) -> list[Any]:
     args: list[Any] = [dedup_ttl, token, len(checks), *checks]
     for key, job_id, guards, mapping in jobs:
@@ -104,15 +104,15 @@ class Scripts:
         dedup_ttl: int,
         token: str,
         queues_key: str,
-        suppression_key: str = "",
-        checks: tuple[str, ...] = (),
+        suppression_key: str,
+        checks: tuple[str, ...],
     ) -> tuple[int, list[str]]:
         """Write ``jobs`` ((key, id, guards, hash mapping) each) unless a guard is taken or an
         address digest of ``checks`` is in the suppression mirror at ``suppression_key``.
         Returns (1, ids written), (0, [guard, holder token, ...]) or (2, [digest, entry, ...])."""
         args = _enqueue_args(jobs, dedup_ttl, token, checks)
         k = self.keys
-        keys = [k.queue, queues_key, k.failed, suppression_key or k.queue]
+        keys = [k.queue, queues_key, k.failed, suppression_key]
         ok, items = self._run(ENQUEUE, keys, args)
         return int(ok), [_text(v) for v in items]
 
@@ -124,15 +124,15 @@ class Scripts:
         token: str,
         queues_key: str,
         then: tuple[Any, ...],
-        suppression_key: str = "",
-        checks: tuple[str, ...] = (),
+        suppression_key: str,
+        checks: tuple[str, ...],
     ) -> tuple[int, list[str], Any]:
         """:meth:`enqueue`, with the command ``then`` (``WAITAOF``, ``WAIT``) pipelined after it:
         one round trip. Returns what :meth:`enqueue` does, plus ``then``'s reply (an exception
         object if it failed). A server that has not cached the script yet costs one retry."""
         args = _enqueue_args(jobs, dedup_ttl, token, checks)
         k = self.keys
-        keys = [k.queue, queues_key, k.failed, suppression_key or k.queue]
+        keys = [k.queue, queues_key, k.failed, suppression_key]
         sha = self.conn.register_script(ENQUEUE).sha
         for by_sha in (True, False):
             with self.conn.pipeline(transaction=False) as pipe:

@@ -79,6 +79,8 @@ def test_durable_send_on_an_aof_always_server_is_confirmed_in_the_same_round_tri
         )
     assert trips.round_trips == 1
     assert counted.by_command.get("waitaof") == 1
+    # The server has the script: it runs by its SHA, its body is not sent again.
+    assert counted.by_command.get("evalsha") == 1 and "eval" not in counted.by_command
     assert observer.lrange("rq:queue:emails", 0, -1)[-1] == job_id.encode()
 
 
@@ -136,7 +138,8 @@ def test_durable_event_email_is_confirmed(aof_server: EmbeddedRedis, settings: S
             "launch", ["a@example.com", "b@example.com"], "Hi", text="x", connection=conn, settings=settings,
             durable=True,
         )  # fmt: skip
-    assert len(ids) == 1 and conn.llen("rq:queue:emails") == 2
+    assert conn.llen("rq:queue:emails") == 2  # the warm-up email and the event's one chunk job
+    assert list(ids) == [conn.lrange("rq:queue:emails", -1, -1)[0].decode()]  # the id it queued
     assert counted.by_command.get("waitaof") == 1
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pytest
 import redis
@@ -144,3 +145,23 @@ def test_jobs_without_a_slot_in_the_budget_go_back_to_the_queue(
     queued = [i.decode() for i in conn.lrange("rq:queue:emails", 0, -1)]
     assert queued == ids[2:]  # back at the front, in order
     assert {conn.hget(f"rq:job:{i}", "status") for i in queued} == {b"queued"}
+
+
+def test_packs_without_a_slot_in_the_budget_are_released_for_the_next_run(
+    conn: redis.Redis, settings: Settings, fake_resend: FakeResend
+) -> None:
+    """A pack that got no send slot keeps its ids and its key: the next run sends it as it was."""
+    paced = settings.model_copy(update={"resend_rate_limit": 1.0, "drain_concurrency": 4, "email_pack": True})
+    for i in range(250):
+        send_email(to=f"p{i}@example.com", subject="s", text="t", connection=conn, settings=paced)
+    # Three packs (100, 100, 50) claimed; 1.5 s of slots in the budget: two of them go now.
+    report = drain(connection=conn, settings=paced, time_budget=4.5, sleep=lambda s: None)
+    assert (report.packs, report.sent, report.stopped) == (2, 200, "time_budget")
+    (released,) = conn.zrange("emailqueue:packs:emails", 0, -1, withscores=True)
+    assert released[1] <= time.time()  # due at once
+    key = (conn.hget(f"emailqueue:pack:emails:{released[0].decode()}", "key") or b"").decode()
+    report = drain(connection=conn, settings=paced, sleep=lambda s: None)
+    assert (report.packs, report.sent) == (1, 50)
+    assert fake_resend.requests[-1].headers["idempotency-key"] == key
+    assert len(fake_resend.accepted) == 250 and len({e.to[0] for e in fake_resend.accepted}) == 250
+    assert conn.zcard("emailqueue:packs:emails") == 0 and conn.llen("rq:queue:emails") == 0

@@ -88,6 +88,20 @@ def test_a_guarded_and_an_immediate_send_are_refused_too(
     assert conn.keys("emailqueue:dedup:*") == []
 
 
+def test_send_now_to_a_suppressed_address_is_refused_before_anything_is_written_or_sent(
+    conn: redis.Redis, settings: Settings, fake_resend: FakeResend
+) -> None:
+    """The immediate path checks the mirror inside its write-and-claim step: refused, naming the
+    origin, with no job, no claim and no send slot taken (the limiter is untouched)."""
+    limited = settings.model_copy(update={"resend_rate_limit": 2})
+    add_suppression(conn, "ada@example.com", "complaint", "2026-11-01T00:00:00Z")
+    with pytest.raises(SuppressedAddressError) as caught:
+        send_email(to="ada@example.com", subject="hi", text="x", connection=conn, settings=limited, now=True)
+    assert caught.value.origins == {"a***@example.com": "complaint"}
+    assert _jobs(conn) == [] and conn.zcard("rq:wip:emails") == 0 and conn.llen("rq:queue:emails") == 0
+    assert conn.keys("emailqueue:ratelimit*") == [] and fake_resend.requests == []
+
+
 def test_a_fan_out_skips_suppressed_recipients_and_counts_them(
     conn: redis.Redis, settings: Settings, fake_resend: FakeResend
 ) -> None:

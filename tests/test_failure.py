@@ -1,0 +1,40 @@
+"""The failure record (emailqueue._failure): what its one reader makes of any meta a job may hold,
+and what its writer stamps. Pure functions, no Redis."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+from emailqueue._failure import failure_record, read_record
+
+
+def test_a_record_with_missing_or_mistyped_fields_reads_as_the_status_api_shows_it() -> None:
+    """A record written by hand or by another version: the error always has a name, a message and
+    an int status (or None); a string timestamp is kept; fields of the wrong type are dropped."""
+    meta = {
+        "emailqueue": {
+            "error": {"status_code": "500"},
+            "failed_at": "2026-01-02T03:04:05+00:00",
+            "attempts": "3",
+        },
+        "other": 1,
+    }
+    assert read_record(json.dumps(meta)) == {
+        "error": {"name": "unknown_error", "message": "", "status_code": None},
+        "failed_at": "2026-01-02T03:04:05+00:00",
+    }
+    full = {"error": {"name": "validation_error", "message": "bad", "status_code": 422}, "attempts": 2}
+    assert read_record({"emailqueue": full}) == full
+    assert read_record(b"") == {} and read_record(b"not json") == {} and read_record(None) == {}
+
+
+def test_a_counted_failure_is_stamped_with_an_aware_utc_time() -> None:
+    before = datetime.now(UTC)
+    record = failure_record(None, name="internal_server_error", message="boom", status_code=500)
+    stamped = datetime.fromisoformat(record["failed_at"] or "")
+    assert stamped.utcoffset() == timedelta(0)  # UTC, whatever the host's zone
+    assert before <= stamped <= datetime.now(UTC)
+    assert record["attempts"] == 1
+    kept = failure_record({"emailqueue": record}, name="x", message="y", count_attempt=False)
+    assert kept["failed_at"] == record["failed_at"] and kept["attempts"] == 1  # not counted: unchanged
