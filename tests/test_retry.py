@@ -68,13 +68,15 @@ def test_the_policy_tells_the_operator_which_job_failed_why_and_what_comes_next(
 ) -> None:
     job = _job(conn, retries_left=1)
     caplog.set_level(logging.WARNING, logger="emailqueue")
-    boom = RetryableSendError("Resend is down", name="internal_server_error", status_code=500)
+    # A definite refusal (408: not processed), so the last attempt fails; an ambiguous one (a 5xx)
+    # would be held on under its key instead (tests/test_outcome_unknown.py).
+    boom = RetryableSendError("Resend timed out the request", name="request_timeout", status_code=408)
     apply_failure_policy(job, boom, settings, rng=LowestJitter())
     job.retries_left = 0
     apply_failure_policy(job, boom, settings, rng=LowestJitter())
     assert [r.getMessage() for r in caplog.records] == [
-        "job em_retry attempt 1 failed (500 internal_server_error: Resend is down); retry in 5s",
-        "job em_retry failed for good after 2 attempt(s): 500 internal_server_error: Resend is down",
+        "job em_retry attempt 1 failed (408 request_timeout: Resend timed out the request); retry in 5s",
+        "job em_retry failed for good after 2 attempt(s): 408 request_timeout: Resend timed out the request",
     ]
 
 
