@@ -263,27 +263,39 @@ class _Run:
                 pool.submit(self._send, row, wait + (len(ready) + i) * interval - lag)
                 for i, row in enumerate(rows)
             ]
-            done: list[Claimed] = []
-            sent: list[SentEmail] = []
-            try:
-                for pack, pack_future in zip(ready, pack_futures, strict=True):
-                    self._settle_pack(pack, pack_future)
-                for row, future in zip(rows, futures, strict=True):
-                    error = future.exception()
-                    report.processed += 1
-                    self.report.requests += 1
-                    if error is None:
-                        done.append(row)
-                        outcome, emails = future.result()
-                        sent += emails
-                        report.sent += outcome.sent
-                        report.failed += len(outcome.rejected)
-                    else:
-                        self._fail(row, error)
-                    if self.on_progress is not None:
-                        self.on_progress(report)
-            finally:
-                self.store.ack(done, sent)  # whatever else happens, what was sent is never sent again
+            self._settle_round(
+                list(zip(ready, pack_futures, strict=True)), list(zip(rows, futures, strict=True))
+            )
+
+    def _settle_round(
+        self,
+        packs: list[tuple[Prepared, Future[Outcome]]],
+        singles: list[tuple[Claimed, Future[tuple[Outcome, list[SentEmail]]]]],
+    ) -> None:
+        """Settle a round's sends as they finish, packs first; whatever else happens, the single
+        jobs that were sent are acked, so what was sent is never sent again."""
+        report = self.report
+        done: list[Claimed] = []
+        sent: list[SentEmail] = []
+        try:
+            for pack, pack_future in packs:
+                self._settle_pack(pack, pack_future)
+            for row, future in singles:
+                error = future.exception()
+                report.processed += 1
+                report.requests += 1
+                if error is None:
+                    done.append(row)
+                    outcome, emails = future.result()
+                    sent += emails
+                    report.sent += outcome.sent
+                    report.failed += len(outcome.rejected)
+                else:
+                    self._fail(row, error)
+                if self.on_progress is not None:
+                    self.on_progress(report)
+        finally:
+            self.store.ack(done, sent)
 
     def _claim(self, wanted: int) -> tuple[list[PackRow], list[Claimed]]:
         """Due packs first (a dead drain's, or a retry's), then queued jobs: packed when packing
