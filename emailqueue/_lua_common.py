@@ -1,5 +1,6 @@
-"""What the Lua scripts of a job's state share: the field and key prefixes they name, and the
-fragment that forgets a dead execution (BullMQ's ``includes/``). See :mod:`._scripts`."""
+"""What the Lua scripts of a job's state share: the field and key prefixes they name, the
+fragment that forgets a dead execution and the one that checks the suppression mirror (BullMQ's
+``includes/``). See :mod:`._scripts`."""
 
 from __future__ import annotations
 
@@ -30,5 +31,22 @@ local function forget_execution(id, member)
   if wname and wname ~= '' then
     redis.call('SREM', '{WORKER_PREFIX}' .. wname .. ':executions', member)
   end
+end
+"""
+
+#: Look ``n`` address digests, ``ARGV[first]`` onwards, up in the suppression mirror (a hash,
+#: :mod:`._suppress`) with one HMGET; none when ``n`` is 0. Returns ``{digest, entry, ...}`` for
+#: each suppressed one, or nil when none is. Used by every script that writes a new job (ENQUEUE,
+#: WRITE_AND_CLAIM), so a suppressed address is refused before anything is written.
+SUPPRESSED_HITS: Final = """
+local function suppressed_hits(mirror, first, n)
+  if n == 0 then return nil end
+  local entries = redis.call('HMGET', mirror, unpack(ARGV, first, first + n - 1))
+  local hits = {}
+  for i, entry in ipairs(entries) do
+    if entry then hits[#hits + 1] = ARGV[first + i - 1]; hits[#hits + 1] = entry end
+  end
+  if #hits > 0 then return hits end
+  return nil
 end
 """

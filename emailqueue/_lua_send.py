@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from ._lua_common import SUPPRESSED_HITS
+
 #: Enqueue: write jobs and their dedup markers, all or nothing (see :mod:`._enqueue`).
 #: ARGV: dedup ttl, call token, suppression check count, address digests..., then per job: job
 #: key, job id, guard count, guards..., field count, field, value... KEYS: queue, rq:queues,
@@ -13,17 +15,13 @@ from typing import Final
 #: returned (one HMGET per call, none without checks). If any guard (dedup marker) exists,
 #: nothing is written and {0, {guard, its token, ...}} is returned; otherwise every guard is set
 #: to the token, every new job written and pushed: {1, {new job ids}}.
-ENQUEUE: Final = """
+ENQUEUE: Final = (
+    SUPPRESSED_HITS
+    + """
 local ttl, token = tonumber(ARGV[1]), ARGV[2]
 local nchecks = tonumber(ARGV[3])
-if nchecks > 0 then
-  local entries = redis.call('HMGET', KEYS[4], unpack(ARGV, 4, 3 + nchecks))
-  local hits = {}
-  for i, entry in ipairs(entries) do
-    if entry then hits[#hits + 1] = ARGV[3 + i]; hits[#hits + 1] = entry end
-  end
-  if #hits > 0 then return {2, hits} end
-end
+local hits = suppressed_hits(KEYS[4], 4, nchecks)
+if hits then return {2, hits} end
 local jobs, guards = {}, {}
 local a = 4 + nchecks
 while a <= #ARGV do
@@ -72,6 +70,7 @@ end
 if #queued > 0 then redis.call('SADD', KEYS[2], KEYS[1]) end
 return {1, queued}
 """
+)
 
 #: Claim up to ARGV[1] queued jobs: pop each id, skip ids whose hash is gone or that are not
 #: ``queued`` (a stale or duplicate push), mark the job started, and register the execution in

@@ -23,6 +23,7 @@ from typing import Any, Final
 import redis
 
 from ._keys import QueueKeys
+from ._lua_common import SUPPRESSED_HITS
 from ._scripts import Claimed
 
 # Shared by both scripts. In: KEYS[lim] the limiter key; now, interval (0: no limit), horizon.
@@ -55,18 +56,13 @@ end
 #: claimed by this call (a retried call whose first run queued it): left to the queue;
 #: ``{3, {digest, entry, ...}}``: a checked address is suppressed, nothing written or taken.
 WRITE_AND_CLAIM: Final = (
-    """
+    SUPPRESSED_HITS
+    + """
 local now, interval, horizon = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local lim = KEYS[4]
 local nchecks = tonumber(ARGV[10])
-if nchecks > 0 then
-  local entries = redis.call('HMGET', KEYS[5], unpack(ARGV, 11, 10 + nchecks))
-  local hits = {}
-  for i, entry in ipairs(entries) do
-    if entry then hits[#hits + 1] = ARGV[10 + i]; hits[#hits + 1] = entry end
-  end
-  if #hits > 0 then return {3, hits} end
-end
+local hits = suppressed_hits(KEYS[5], 11, nchecks)
+if hits then return {3, hits} end
 """
     + _SLOT
     + """

@@ -56,13 +56,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ._backoff import compute_backoff
 from ._events import SentEmail
 from ._exceptions import PermanentSendError, QuotaExceededError, RetryableSendError, SendError
 from ._pack_scripts import PackRow
 from ._payload import MAX_BATCH, Payload, decode_job_data, parse_payload
 from ._ratelimit import RateLimiter
-from ._retry import hold_on_delay, is_ambiguous, outcome_unknown, window_closing
+from ._retry import (
+    backoff_delay,
+    hold_on_delay,
+    is_ambiguous,
+    outcome_unknown,
+    quota_delay,
+    window_closing,
+)
 from ._send import Outcome, Sender, send
 from ._settings import Settings
 from ._store import JobStore
@@ -181,18 +187,11 @@ class Packer:
         maybe_sent = row.maybe_sent or is_ambiguous(exc)
         wait: int | None = None
         if isinstance(exc, QuotaExceededError):
-            quota = settings.email_quota_retry_s
-            wait = compute_backoff(1, base=quota, cap=quota, retry_after=exc.retry_after, rng=self.rng)
+            wait = quota_delay(exc, settings, self.rng)
             self.store.pack_retry(row, due=now + wait, error=exc, spend=False, maybe_sent=maybe_sent)
             return Settled(sent=0, failed=0, retrying=True)
         if isinstance(exc, RetryableSendError) and attempts < settings.email_max_attempts:
-            wait = compute_backoff(
-                attempts,
-                base=settings.email_backoff_base_s,
-                cap=settings.email_backoff_cap_s,
-                retry_after=exc.retry_after,
-                rng=self.rng,
-            )
+            wait = backoff_delay(exc, attempts, settings, self.rng)
             log.warning("pack %s attempt %d failed (%s); retry in %ds", row.key, attempts, exc, wait)
         elif maybe_sent and isinstance(exc, RetryableSendError):
             # Out of attempts, but Resend may have the pack: resend it under its key while it lasts.

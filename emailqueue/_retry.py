@@ -86,6 +86,26 @@ def is_ambiguous(exc: SendError) -> bool:
     return exc.name not in _NEVER_SENT and exc.status_code not in (408, 425, 429)
 
 
+def backoff_delay(exc: SendError, attempts: int, settings: Settings, rng: random.Random | None) -> int:
+    """Seconds before resending a job or pack after its ``attempts``-th failed send: the
+    configured exponential backoff (``EMAIL_BACKOFF_BASE_S``, capped at ``EMAIL_BACKOFF_CAP_S``),
+    or Resend's ``retry_after`` when that is longer."""
+    return compute_backoff(
+        attempts,
+        base=settings.email_backoff_base_s,
+        cap=settings.email_backoff_cap_s,
+        retry_after=exc.retry_after,
+        rng=rng,
+    )
+
+
+def quota_delay(exc: SendError, settings: Settings, rng: random.Random | None) -> int:
+    """Seconds before resending after a quota error (``EMAIL_QUOTA_RETRY_S``, or Resend's
+    ``retry_after`` when that is longer); no attempt is spent on it."""
+    quota = settings.email_quota_retry_s
+    return compute_backoff(1, base=quota, cap=quota, retry_after=exc.retry_after, rng=rng)
+
+
 def hold_on_delay(
     exc: SendError,
     *,
@@ -102,13 +122,7 @@ def hold_on_delay(
     deadline = since + KEY_WINDOW_S - KEY_WINDOW_MARGIN_S
     if not isinstance(exc, RetryableSendError) or now >= deadline:
         return None
-    delay = compute_backoff(
-        attempts,
-        base=settings.email_backoff_base_s,
-        cap=settings.email_backoff_cap_s,
-        retry_after=exc.retry_after,
-        rng=rng,
-    )
+    delay = backoff_delay(exc, attempts, settings, rng)
     return max(1, min(delay, math.ceil(deadline - now)))
 
 
@@ -223,18 +237,9 @@ def plan_retry(
         return compute_backoff(1, base=2.0, cap=2.0, retry_after=exc.retry_after, rng=rng), retries_left + 1
     if isinstance(exc, QuotaExceededError):
         # Not the email's fault: give the attempt back and wait for the quota.
-        quota = settings.email_quota_retry_s
-        delay = compute_backoff(1, base=quota, cap=quota, retry_after=exc.retry_after, rng=rng)
-        return delay, retries_left + 1
+        return quota_delay(exc, settings, rng), retries_left + 1
     if retries_left > 0:
-        delay = compute_backoff(
-            attempts,
-            base=settings.email_backoff_base_s,
-            cap=settings.email_backoff_cap_s,
-            retry_after=exc.retry_after,
-            rng=rng,
-        )
-        return delay, retries_left
+        return backoff_delay(exc, attempts, settings, rng), retries_left
     return None, retries_left
 
 
