@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-from emailqueue._failure import failure_record, read_record
+from emailqueue._failure import failure_record, read_record, requeue_record
 
 
 def test_a_record_with_missing_or_mistyped_fields_reads_as_the_status_api_shows_it() -> None:
@@ -38,3 +38,39 @@ def test_a_counted_failure_is_stamped_with_an_aware_utc_time() -> None:
     assert record["attempts"] == 1
     kept = failure_record({"emailqueue": record}, name="x", message="y", count_attempt=False)
     assert kept["failed_at"] == record["failed_at"] and kept["attempts"] == 1  # not counted: unchanged
+
+
+def test_a_failure_record_says_resend_may_have_it_only_when_told() -> None:
+    """A rejected recipient, an unreadable job, a worker without a key: nothing was sent, so
+    nothing tells the operator or a requeue that Resend may have the email."""
+    record = failure_record(None, name="rejected_recipient", message="bad address", status_code=422)
+    assert "maybe_sent" not in record
+    assert failure_record(None, name="timeout", message="t", maybe_sent=True)["maybe_sent"] is True
+
+
+def test_a_requeue_counts_the_attempts_as_past_ones_and_keeps_that_resend_may_have_it() -> None:
+    """The key's earlier sends still count after a requeue (its next ambiguous failure holds on,
+    and no send is made as the key's window closes), unless the requeue is forced."""
+    meta = {
+        "emailqueue": {
+            "error": {"name": "internal_server_error", "message": "boom", "status_code": 500},
+            "attempts": 3,
+            "requeued": 1,
+            "past_attempts": 2,
+            "maybe_sent": True,
+        }
+    }
+    assert requeue_record(meta) == {
+        "error": None,
+        "attempts": 0,
+        "requeued": 2,
+        "past_attempts": 5,
+        "maybe_sent": True,
+    }
+    assert requeue_record(meta, maybe_sent=False) == {
+        "error": None,
+        "attempts": 0,
+        "requeued": 2,
+        "past_attempts": 5,
+    }
+    assert requeue_record(None) == {"error": None, "attempts": 0, "requeued": 1, "past_attempts": 0}
