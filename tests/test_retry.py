@@ -40,6 +40,23 @@ def test_a_retry_after_beats_the_wait_for_a_send_slot_and_for_the_quota(settings
     assert plan_retry(quota, 1, 3, short_quota, random.Random(1)) == (501, 4)
 
 
+def test_no_send_slot_waits_two_seconds_drawn_from_the_rng_and_gives_the_attempt_back(
+    settings: Settings,
+) -> None:
+    """Other senders hold every slot: a short wait of our own (2 s, the low end 1), on any attempt."""
+    local = RetryableSendError("no slot", name=LOCAL_RATE_LIMIT)
+    assert plan_retry(local, 5, 0, settings, LowestJitter()) == (1, 1)
+
+
+def test_a_quota_error_waits_the_quota_delay_drawn_from_the_rng_and_gives_the_attempt_back(
+    settings: Settings,
+) -> None:
+    """EMAIL_QUOTA_RETRY_S is the whole window (no growth per attempt): 60 s, the low end 30."""
+    quota = QuotaExceededError("quota", name="daily_quota_exceeded", status_code=429)
+    short_quota = settings.model_copy(update={"email_quota_retry_s": 60})
+    assert plan_retry(quota, 5, 0, short_quota, LowestJitter()) == (30, 1)
+
+
 def test_the_last_attempt_fails_and_the_one_before_it_retries(settings: Settings) -> None:
     boom = RetryableSendError("boom", name="internal_server_error", status_code=500)
     delay, left = plan_retry(boom, 3, 1, settings, LowestJitter())
