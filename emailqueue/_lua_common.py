@@ -8,6 +8,8 @@ from typing import Final
 
 from rq.defaults import RQ_KEY_PREFIX
 
+from ._constants import META_KEY
+
 #: The job hash field that records Resend's acceptance of the job's email(s). RQ never reads or
 #: writes it (``Job.save`` updates only its own fields), so it survives retries and failures.
 ACCEPTED_FIELD: Final = "emailqueue_accepted"
@@ -48,5 +50,23 @@ local function suppressed_hits(mirror, first, n)
   end
   if #hits > 0 then return hits end
   return nil
+end
+"""
+
+#: Note in a job's failure record (``meta``, :mod:`._failure`) that Resend may have its email:
+#: set on a job requeued after its execution was abandoned mid-send, so that if its later sends
+#: all fail, it is held on to under its key rather than failed (see ``_retry``). The meta is
+#: RQ's JSON; one that does not decode to an object is left as it is.
+MARK_MAYBE_SENT: Final = f"""
+local function mark_maybe_sent(key)
+  local ok, meta = pcall(cjson.decode, redis.call('HGET', key, 'meta') or '{{}}')
+  if not ok or type(meta) ~= 'table' then return end
+  local record = meta['{META_KEY}']
+  if type(record) ~= 'table' then
+    record = {{}}
+    meta['{META_KEY}'] = record
+  end
+  record['maybe_sent'] = true
+  redis.call('HSET', key, 'meta', cjson.encode(meta))
 end
 """

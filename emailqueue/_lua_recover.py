@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from ._lua_common import FORGET_EXECUTION
+from ._lua_common import FORGET_EXECUTION, MARK_MAYBE_SENT
 
 #: RQ 3's scheduler sets its lock (``rq:scheduler-lock:<queue>``, valued with the scheduler's name)
 #: to expire in ``interval + 60`` s and refreshes it every ``interval`` s (1 by default) from its
@@ -45,7 +45,8 @@ return #ids
 #: - ZREM decides which drain recovers an entry; the dead execution is forgotten everywhere.
 #: - A job Resend already accepted is done: it is deleted, never sent or failed again.
 #: - A started job with attempts left is requeued (same payload, same idempotency key) and
-#:   spends one attempt, so a job that kills its worker every time cannot loop forever.
+#:   spends one attempt, so a job that kills its worker every time cannot loop forever. Its
+#:   record says Resend may have it (``maybe_sent``): the dead send may have been accepted.
 #: - A started job with no attempts left is not settled here: its entry is pushed one lease
 #:   ahead and returned as exhausted, for the store to hold on to it (HOLD) or fail it (FAIL)
 #:   as ``_retry.plan_abandoned`` says.
@@ -54,6 +55,7 @@ return #ids
 #:   without spending an attempt, unless it is already back on the queue.
 RECOVER: Final = (
     FORGET_EXECUTION
+    + MARK_MAYBE_SENT
     + """
 local now, lease = tonumber(ARGV[2]), tonumber(ARGV[4])
 local members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
@@ -73,6 +75,7 @@ for _, m in ipairs(members) do
       done[#done + 1] = id
     elseif f[1] == 'started' then
       redis.call('HSET', key, 'status', 'queued', 'retries_left', tonumber(f[2]) - 1)
+      mark_maybe_sent(key)
       redis.call('RPUSH', KEYS[2], id)
       requeued[#requeued + 1] = id
     elseif f[1] == 'queued' then

@@ -53,7 +53,7 @@ from ._exceptions import (
     RetryableSendError,
     SendError,
 )
-from ._failure import FailureRecord, attempts_of, failure_record, maybe_sent_of, record_on
+from ._failure import FailureRecord, attempts_of, failure_record, maybe_sent_of, read_record, record_on
 from ._settings import Settings
 
 log = logging.getLogger("emailqueue")
@@ -184,7 +184,9 @@ def apply_abandoned_policy(
 
     - ``accepted`` (Resend's acceptance is recorded): one more run, at once; it finds the record
       and finishes the job without sending (RQ would otherwise fail it on its last attempt).
-    - attempts left: nothing; RQ retries it, spending one, as the drain's recovery does.
+    - attempts left: RQ retries it, spending one, as the drain's recovery does; its record now
+      says Resend may have it (``maybe_sent``), as the drain's recovery marks it, so a job whose
+      later sends all fail is held on to under its key rather than failed.
     - no attempts left: :func:`plan_abandoned`; one more retry at its delay, or failed as
       ``outcome_unknown``.
     """
@@ -194,6 +196,9 @@ def apply_abandoned_policy(
         log.warning("job %s: abandoned after Resend accepted it; finished by one more run", job.id)
         return
     if (job.retries_left or 0) > 0:
+        record = read_record(job.meta)
+        record["maybe_sent"] = True
+        record_on(job, record, save=True)
         return
     since = job.created_at.timestamp() if job.created_at else 0.0
     now = time.time() if now is None else now

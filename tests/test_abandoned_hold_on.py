@@ -15,6 +15,7 @@ created 23 h ago" is a job whose ``created_at`` says so.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -186,6 +187,66 @@ def test_a_job_abandoned_with_attempts_left_is_requeued_at_once_as_before(
     assert report.recovered == 1
     assert conn.lrange("rq:queue:emails", 0, -1) == [job_id.encode()]
     assert conn.hget(f"rq:job:{job_id}", "retries_left") == str(settings.email_max_attempts - 2).encode()
+    assert read_record(conn.hget(f"rq:job:{job_id}", "meta")).get("maybe_sent") is True, (
+        "the dead send may have been accepted"
+    )
+
+
+_ERROR = {"name": "x", "message": "m", "status_code": None}
+
+
+@pytest.mark.parametrize(
+    ("meta", "after"),
+    [
+        pytest.param(
+            {"emailqueue": {"error": _ERROR, "attempts": 2}, "o": [1]},
+            {"emailqueue": {"error": _ERROR, "attempts": 2, "maybe_sent": True}, "o": [1]},
+            id="a record and other keys kept",
+        ),
+        pytest.param({"emailqueue": "junk"}, {"emailqueue": {"maybe_sent": True}}, id="junk record replaced"),
+    ],
+)
+def test_recovery_marks_maybe_sent_in_rqs_json_meta_keeping_the_rest(
+    conn: redis.Redis, settings: Settings, meta: dict[str, object], after: dict[str, object]
+) -> None:
+    """RECOVER edits the meta JSON in Lua (cjson): whatever else it holds comes back unchanged
+    for RQ's JSON serializer and the failure record's reader."""
+    job_id = _enqueue(conn, settings, last=False)
+    conn.hset(f"rq:job:{job_id}", "meta", json.dumps(meta))
+    _claim_and_die(conn, settings, job_id)
+    drain(connection=conn, settings=settings, max_jobs=0, wall_clock=lambda: time.time() + LATER)
+    assert json.loads(conn.hget(f"rq:job:{job_id}", "meta") or b"") == after
+
+
+def test_recovery_leaves_meta_it_cannot_read_as_it_is(conn: redis.Redis, settings: Settings) -> None:
+    """Not JSON: the job is still requeued; its meta is not rewritten (nothing is lost from it)."""
+    job_id = _enqueue(conn, settings, last=False)
+    conn.hset(f"rq:job:{job_id}", "meta", b"\x80not json")
+    _claim_and_die(conn, settings, job_id)
+    report = drain(connection=conn, settings=settings, max_jobs=0, wall_clock=lambda: time.time() + LATER)
+    assert report.recovered == 1
+    assert conn.lrange("rq:queue:emails", 0, -1) == [job_id.encode()]
+    assert conn.hget(f"rq:job:{job_id}", "meta") == b"\x80not json"
+
+
+def test_a_job_abandoned_with_attempts_left_is_held_on_when_its_last_send_fails_definitely(
+    conn: redis.Redis, last_attempt: Settings, fake_resend: FakeResend
+) -> None:
+    """The dead send may have been accepted. When the job's later sends then run out on definite
+    refusals (a 408: nothing processed), it is not failed with that error: held on under its key
+    (RECOVER marked it ``maybe_sent``), as any job Resend may have."""
+    job_id = _enqueue(conn, last_attempt, last=False)
+    conn.hset(f"rq:job:{job_id}", "retries_left", 1)  # one retry left: the re-run is the last attempt
+    _claim_and_die(conn, last_attempt, job_id)
+    t0 = time.time() + LATER
+    fake_resend.fail_next(1, 408, "request_timeout")
+
+    report = drain(connection=conn, settings=last_attempt, wall_clock=lambda: t0)
+    assert (report.recovered, report.failed, len(fake_resend.requests)) == (1, 0, 1)
+    assert _state(conn, job_id) == HELD
+    record = read_record(conn.hget(f"rq:job:{job_id}", "meta"))
+    assert record.get("maybe_sent") is True
+    assert (record.get("error") or {}).get("status_code") == 408
 
 
 def test_hold_is_settled_once_by_overlapping_recoveries(conn: redis.Redis, last_attempt: Settings) -> None:
@@ -229,6 +290,21 @@ def test_rq_cleanup_with_email_job_holds_on_to_a_job_abandoned_on_its_last_attem
     record = read_record(real_conn.hget(f"rq:job:{job_id}", "meta"))
     assert ((record.get("error") or {}).get("name"), record.get("maybe_sent")) == (ABANDONED, True)
     assert real_conn.hget(f"rq:job:{job_id}", "retries_left") == b"0"
+
+
+def test_rq_cleanup_with_email_job_requeues_a_job_with_attempts_left_marked_maybe_sent(
+    real_conn: redis.Redis, last_attempt: Settings
+) -> None:
+    """With attempts left RQ retries it, spending one (at the job's first retry interval), as the
+    drain's recovery does; its record says Resend may have it, as RECOVER marks it."""
+    job_id = _enqueue(real_conn, last_attempt, last=False)
+    _claim_and_die(real_conn, last_attempt, job_id)
+    configure_worker(last_attempt)
+    _rq_cleanup(real_conn)
+    assert _state(real_conn, job_id) == HELD, "retried, not failed"
+    left = str(last_attempt.email_max_attempts - 2).encode()
+    assert real_conn.hget(f"rq:job:{job_id}", "retries_left") == left
+    assert read_record(real_conn.hget(f"rq:job:{job_id}", "meta")) == {"maybe_sent": True}
 
 
 def test_rq_cleanup_with_email_job_fails_a_job_abandoned_as_its_window_closes_as_unknown(

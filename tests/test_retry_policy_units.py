@@ -180,15 +180,19 @@ def test_an_accepted_job_abandoned_with_attempts_left_keeps_them(fake: redis.Red
     assert (job.retries_left, job.retry_intervals) == (2, [0])
 
 
-def test_a_job_abandoned_with_one_attempt_left_is_left_to_rq(
+def test_a_job_abandoned_with_one_attempt_left_is_left_to_rq_marked_maybe_sent(
     fake: redis.Redis, three: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """RQ retries it at once, spending that attempt; nothing of ours is recorded or logged."""
+    """RQ retries it at once, spending that attempt; its record (kept, and saved now) says Resend
+    may have it, since the dead send may have been accepted. Nothing is logged."""
     job = _job(fake, retries_left=1)
+    job.meta["emailqueue"] = {"requeued": 1, "past_attempts": 3}
     caplog.set_level(logging.WARNING, logger="emailqueue")
     apply_abandoned_policy(job, three, accepted=False, now=_created(job) + 60)
     assert (job.retries_left, job.retry_intervals) == (1, None)
-    assert "emailqueue" not in job.meta and read_record(fake.hget(job.key, "meta")) == {}
+    expected = {"requeued": 1, "past_attempts": 3, "maybe_sent": True}
+    assert read_record(job.meta) == expected
+    assert read_record(fake.hget(job.key, "meta")) == expected
     assert caplog.records == []
 
 
