@@ -115,19 +115,21 @@ class Packer:
 
     def prepare(self, rows: list[PackRow]) -> list[Prepared]:
         """The body of each pack: the stored one, or built from the jobs and stored before any
-        request (one round trip for all). A job whose data cannot be read fails alone."""
+        request, each pack marked as being sent (one round trip for all). A job whose data
+        cannot be read fails alone."""
         ready: list[Prepared] = []
-        fresh: dict[str, str] = {}
+        bodies: dict[str, str] = {}
         for row in rows:
             if row.body:
                 stored = json.loads(row.body)
                 ready.append(Prepared(row, list(stored["ids"]), list(stored["emails"])))
+                bodies[row.pack_id] = ""
                 continue
             data: list[bytes | None] = list(row.data) if row.data else self.store.job_data(row.ids)
             ids, emails = self._build(row, data)
-            fresh[row.pack_id] = json.dumps({"ids": ids, "emails": emails}, separators=(",", ":"))
+            bodies[row.pack_id] = json.dumps({"ids": ids, "emails": emails}, separators=(",", ":"))
             ready.append(Prepared(row, ids, emails))
-        self.store.pack_fix_bodies(fresh)
+        self.store.pack_sending(bodies)
         return ready
 
     def _build(self, row: PackRow, data: list[bytes | None]) -> tuple[list[str], list[dict[str, object]]]:

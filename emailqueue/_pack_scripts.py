@@ -14,7 +14,9 @@ Keys of one queue ``<q>``:
   comma-separated, in body order), ``body`` (the JSON array sent, written before the request),
   ``attempts``, ``error`` (the last error, for ``status``), ``since`` (Unix time of the claim,
   before any request under the key: when Resend's 24 h memory of the key begins at the earliest),
-  ``unknown`` (``1`` once a send failed ambiguously: Resend may have accepted the pack).
+  ``unknown`` (``1`` once a send failed ambiguously: Resend may have accepted the pack),
+  ``sending`` (``1`` from just before a request until it is settled: a pack taken with it set
+  was abandoned by a drain that died mid-send, so it is marked ``unknown`` as it is taken).
 
 A pack id ends in ``x<n>``, the number of emails it holds (``3f2a9c1b7d4e-0-1x100``), so
 ``emailqueue status`` counts the emails in packs from the packs set alone, with one ``ZRANGE``
@@ -112,15 +114,38 @@ local now = tonumber(ARGV[1])
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
 local out = {}
 for _, pid in ipairs(due) do
-  local h = redis.call('HMGET', ARGV[4] .. pid, 'key', 'ids', 'body', 'attempts', 'since', 'unknown')
+  local key = ARGV[4] .. pid
+  local h = redis.call('HMGET', key, 'key', 'ids', 'body', 'attempts', 'since', 'unknown', 'sending')
   if h[1] and h[2] then
     redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), pid)
+    if h[7] == '1' then
+      -- Its drain died mid-send: Resend may have accepted the pack.
+      redis.call('HSET', key, 'unknown', '1')
+      redis.call('HDEL', key, 'sending')
+      h[6] = '1'
+    end
     out[#out + 1] = {pid, h[1], h[2], h[3] or '', h[4] or '0', h[5] or '0', h[6] or ''}
   else
     redis.call('ZREM', KEYS[1], pid)
   end
 end
 return out
+"""
+
+
+#: Just before the requests of some packs: store each fresh pack's exact body (kept if one is
+#: stored) and mark every pack ``sending``. A pack whose hash is gone (settled by another drain
+#: after this one's lease lapsed) is left alone, so no stray hash is written.
+#: KEYS: none. ARGV: pack prefix, then pack id, body ('' to keep the stored one) pairs.
+_PACK_SENDING = """
+for i = 2, #ARGV, 2 do
+  local key = ARGV[1] .. ARGV[i]
+  if redis.call('EXISTS', key) == 1 then
+    if ARGV[i + 1] ~= '' then redis.call('HSETNX', key, 'body', ARGV[i + 1]) end
+    redis.call('HSET', key, 'sending', '1')
+  end
+end
+return 0
 """
 
 
@@ -202,6 +227,15 @@ class PackScripts:
             PackRow(_text(p[0]), _text(p[1]), [_text(i) for i in p[2]], list(p[3]), since=now) for p in packs
         ]
         return singles, rows
+
+    def sending(self, bodies: dict[str, str]) -> None:
+        """Mark each pack in ``bodies`` (pack id -> its body, or '' to keep the stored one) as
+        being sent, storing the bodies given; one round trip."""
+        if bodies:
+            args: list[Any] = [self.keys.pack_prefix]
+            for pack_id, body in bodies.items():
+                args += [pack_id, body]
+            self._run(_PACK_SENDING, [], args)
 
     def take(self, *, now: float, limit: int, lease: int) -> list[PackRow]:
         rows = self._run(_PACK_TAKE, [self.keys.packs], [now, limit, lease, self.keys.pack_prefix])

@@ -359,13 +359,12 @@ class JobStore:
         """Take due packs (a dead drain's, or a retry's time has come), each for ``lease`` s."""
         return self.pack_scripts.take(now=now, limit=limit, lease=lease)
 
-    def pack_fix_bodies(self, bodies: dict[str, str]) -> None:
-        """Store each pack's exact body before its first request (kept if one is stored)."""
-        if bodies:
-            with self.conn.pipeline(transaction=False) as pipe:
-                for pack_id, body in bodies.items():
-                    pipe.hsetnx(self.pack_keys.pack_prefix + pack_id, "body", body)
-                pipe.execute()
+    def pack_sending(self, bodies: dict[str, str]) -> None:
+        """Just before the packs' requests (atomic, one round trip): store each fresh pack's exact
+        body (pack id -> body; '' for a pack whose body is stored; a stored body is kept) and
+        mark each pack as being sent, so a later drain that takes it from a dead one knows
+        Resend may have it. Settling the pack clears the mark."""
+        self.pack_scripts.sending(bodies)
 
     def job_data(self, job_ids: list[str]) -> list[bytes | None]:
         """The ``data`` field of each job (to rebuild a pack stored without its body)."""
@@ -396,6 +395,7 @@ class JobStore:
                 pipe.hincrby(key, "attempts", 1)
             if maybe_sent:
                 pipe.hset(key, "unknown", "1")
+            pipe.hdel(key, "sending")
             pipe.hset(key, "error", f"{error.name}: {error}"[:300])
             pipe.zadd(self.pack_keys.packs, {pack.pack_id: due}, xx=True)
             pipe.execute()

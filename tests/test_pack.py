@@ -238,6 +238,29 @@ def test_a_pack_whose_drain_died_after_the_claim_is_recovered_as_a_unit(
     assert no_jobs_left(real_conn)
 
 
+def test_a_pack_whose_drain_died_mid_send_is_held_on_when_its_later_sends_fail_definitely(
+    real_conn: redis.Redis, psettings: Settings, fake_resend: FakeResend
+) -> None:
+    """The dead drain's request may have been accepted. The pack's later sends all get a definite
+    408 until its attempts run out: its jobs are not failed with that error but held on under
+    the pack's key (it was taken as one Resend may have), then sent through when Resend answers."""
+    settings = psettings.model_copy(update={"email_max_attempts": 1})
+    enqueue(real_conn, settings, 3)
+    store = JobStore(real_conn, "emails", settings)
+    _, (pack,) = store.pack_claim(
+        units=1, now=time.time(), execution_prefix="dead-", worker="w", grace=30, lease=90, size=100
+    )
+    store.pack_sending({pack.pack_id: ""})  # the dead drain was about to send it
+    fake_resend.fail_next(1, 408, "request_timeout")
+    report = drain(connection=real_conn, settings=settings, wall_clock=later_clock)
+    assert (report.failed, report.sent, report.retrying) == (0, 0, 3)
+    assert real_conn.hget(store.pack_keys.pack_prefix + pack.pack_id, "unknown") == b"1"
+    report = drain(connection=real_conn, settings=settings, wall_clock=lambda: later_clock() + 10_000)
+    assert (report.failed, report.sent) == (0, 3)
+    assert {r.headers["idempotency-key"] for r in fake_resend.requests} == {pack.key}
+    assert no_jobs_left(real_conn)
+
+
 def test_a_job_attempted_under_its_own_key_is_never_packed(
     real_conn: redis.Redis, psettings: Settings, fake_resend: FakeResend
 ) -> None:

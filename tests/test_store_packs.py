@@ -87,8 +87,8 @@ def test_released_packs_are_due_at_once(store: JobStore) -> None:
 
 def test_a_pack_body_is_stored_once_and_taken_back_as_it_was(store: JobStore) -> None:
     pack = _one_pack(store)
-    store.pack_fix_bodies({pack.pack_id: '[{"to": "first"}]'})
-    store.pack_fix_bodies({pack.pack_id: '[{"to": "second"}]'})  # a later run keeps the first
+    store.pack_sending({pack.pack_id: '[{"to": "first"}]'})
+    store.pack_sending({pack.pack_id: '[{"to": "second"}]'})  # a later run keeps the first
     store.pack_release([pack], now=0.0)
     (taken,) = store.pack_take(now=0.0, limit=10, lease=90)
     assert taken.body == '[{"to": "first"}]'
@@ -114,3 +114,42 @@ def test_a_failed_pack_keeps_300_characters_of_a_long_reason(store: JobStore) ->
     store.pack_fail(pack, PermanentSendError("y" * 1000, name="validation_error", status_code=422))
     message = read_record(store.conn.hget(f"rq:job:{pack.ids[0]}", "meta"))["error"]["message"]
     assert len(message) == 300 and message.startswith("422 validation_error: yyy")
+
+
+def test_a_pack_taken_from_a_drain_that_died_mid_send_is_one_resend_may_have(store: JobStore) -> None:
+    """Marked ``sending`` just before its request, then its drain died: the drain that takes it
+    (past the lease) gets it as ``maybe_sent``, and the mark is kept in the pack for good."""
+    pack = _one_pack(store)
+    key = store.pack_keys.pack_prefix + pack.pack_id
+    store.pack_sending({pack.pack_id: '{"ids": [], "emails": []}'})
+    assert store.conn.hget(key, "sending") == b"1"
+    (taken,) = store.pack_take(now=time.time() + 1000, limit=10, lease=90)
+    assert taken.maybe_sent is True
+    assert (store.conn.hget(key, "unknown"), store.conn.hget(key, "sending")) == (b"1", None)
+    store.pack_release([taken], now=0.0)
+    (again,) = store.pack_take(now=0.0, limit=10, lease=90)
+    assert again.maybe_sent is True
+
+
+def test_a_pack_settled_after_its_request_is_not_taken_as_maybe_sent(store: JobStore) -> None:
+    """A definite failure (a 408: nothing processed) settles the request: the retry is taken
+    without the mark. Packs released before any request were never marked."""
+    pack = _one_pack(store)
+    store.pack_sending({pack.pack_id: "[]"})
+    store.pack_retry(pack, due=10.0, error=RetryableSendError("t", name="request_timeout", status_code=408))
+    (taken,) = store.pack_take(now=10.0, limit=10, lease=90)
+    assert taken.maybe_sent is False
+    assert store.conn.hget(store.pack_keys.pack_prefix + pack.pack_id, "sending") is None
+    other = _one_pack(store)
+    store.pack_release([other], now=20.0)
+    (released,) = store.pack_take(now=20.0, limit=10, lease=90)
+    assert (released.pack_id, released.maybe_sent) == (other.pack_id, False)
+
+
+def test_marking_a_pack_settled_meanwhile_writes_no_stray_hash(store: JobStore) -> None:
+    """Another drain settled the pack after this one's lease lapsed: nothing is written for it."""
+    pack = _one_pack(store)
+    key = store.pack_keys.pack_prefix + pack.pack_id
+    store.conn.delete(key)
+    store.pack_sending({pack.pack_id: "[]", "gone": ""})
+    assert not store.conn.exists(key) and not store.conn.exists(store.pack_keys.pack_prefix + "gone")
