@@ -16,8 +16,10 @@ import zlib
 import pytest
 import redis
 
-from emailqueue import Settings, send_email
+from emailqueue import RetryableSendError, Settings, send_email
 from emailqueue._failure import read_record
+from emailqueue._now_attempt import new_claim
+from emailqueue._now_scripts import NowClaimed
 from emailqueue._payload import decode_job_data
 from emailqueue._retry import OUTCOME_UNKNOWN
 from emailqueue._scripts import Claimed
@@ -147,3 +149,44 @@ def test_requeue_keeps_a_jobs_maybe_sent_when_it_did_not_fail_as_outcome_unknown
     assert store.requeue([job_id], enqueued_at="2026-01-01T00:00:00Z")[0] == [job_id]
     record = read_record(store.conn.hget(f"rq:job:{job_id}", "meta"))
     assert (record.get("maybe_sent"), record.get("past_attempts"), record.get("error")) == (True, 2, None)
+
+
+# --- claims --------------------------------------------------------------------------------------
+
+
+def test_claim_queued_replies_claimed_with_no_wait_and_the_jobs_data(store: JobStore) -> None:
+    job_id = _send(store)
+    claimed = store.claim_queued(new_claim(job_id, store.settings, time.time()))
+    assert claimed == NowClaimed(1, 0.0, data=store.conn.hget(f"rq:job:{job_id}", "data"))
+    assert store.conn.hget(f"rq:job:{job_id}", "status") == b"started"
+
+
+def test_a_pack_claims_single_rows_carry_the_jobs_meta(conn: redis.Redis, settings: Settings) -> None:
+    """A job attempted before goes the single way with its meta (the drain reads ``maybe_sent``
+    there, to never send a job whose key's window is closing)."""
+    store = JobStore(conn, "emails", settings.model_copy(update={"email_pack": True}))
+    job_id = _send(store)
+    meta = json.dumps({"emailqueue": {"attempts": 1, "maybe_sent": True}})
+    store.conn.hset(f"rq:job:{job_id}", "meta", meta)
+    rows, packs = store.pack_claim(
+        units=1, now=time.time(), execution_prefix="d-", worker="w", grace=30, lease=90, size=100
+    )
+    assert packs == [] and [(r.job_id, r.meta, r.accepted) for r in rows] == [(job_id, meta.encode(), False)]
+
+
+# --- packs ---------------------------------------------------------------------------------------
+
+
+def test_a_pack_retry_marks_it_maybe_sent_only_when_told(store: JobStore) -> None:
+    pack_store = JobStore(store.conn, "emails", store.settings.model_copy(update={"email_pack": True}))
+    for i in range(2):
+        _send(pack_store, f"u{i}@example.com")
+    _, (pack,) = pack_store.pack_claim(
+        units=1, now=time.time(), execution_prefix="d-", worker="w", grace=30, lease=90, size=100
+    )
+    key = pack_store.pack_keys.pack_prefix + pack.pack_id
+    error = RetryableSendError("busy", name="rate_limit_exceeded", status_code=429)
+    pack_store.pack_retry(pack, due=1.0, error=error)
+    assert store.conn.hget(key, "unknown") is None
+    pack_store.pack_retry(pack, due=2.0, error=error, maybe_sent=True)
+    assert store.conn.hget(key, "unknown") == b"1"
