@@ -1,8 +1,8 @@
 """The job store's state changes one at a time, with exact results: what each method returns and
-leaves in Redis (fields, registries, RQ's result stream).
+leaves in Redis (fields, registries, RQ's result stream), and which settle in one transaction.
 
 The scenario tests are in test_store.py and test_store_packs.py. Runs on both tiers (fakeredis
-and the suite's real server).
+and the suite's real server), but for the transaction counts, which only a real server reports.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import zlib
 import pytest
 import redis
 
-from emailqueue import RetryableSendError, Settings, send_email
+from emailqueue import PermanentSendError, RetryableSendError, Settings, send_email
 from emailqueue._failure import read_record
 from emailqueue._now_attempt import new_claim
 from emailqueue._now_scripts import NowClaimed
@@ -190,3 +190,42 @@ def test_a_pack_retry_marks_it_maybe_sent_only_when_told(store: JobStore) -> Non
     assert store.conn.hget(key, "unknown") is None
     pack_store.pack_retry(pack, due=2.0, error=error, maybe_sent=True)
     assert store.conn.hget(key, "unknown") == b"1"
+
+
+# --- transactions (a real server counts them) ----------------------------------------------------
+
+
+def _transactions(conn: redis.Redis) -> int:
+    """EXECs the server has run so far."""
+    return int(conn.info("commandstats").get("cmdstat_exec", {}).get("calls", 0))
+
+
+def test_a_retry_and_each_pack_settlement_is_one_transaction(
+    real_conn: redis.Redis, settings: Settings
+) -> None:
+    """No other client sees half of one: a retry leaves the started registry as it is
+    scheduled; a sent pack is dropped as its jobs are deleted (an orphan sweep in between would
+    requeue them); a pack retry's attempts, error and due time change together; a failed pack
+    is dropped from the due packs and its hash at once."""
+    store = JobStore(real_conn, "emails", settings.model_copy(update={"email_pack": True}))
+    row = _claimed(store)
+    before = _transactions(real_conn)
+    assert store.retry_or_fail(row, RetryableSendError("busy", name="internal_server_error", status_code=500))
+    assert _transactions(real_conn) - before == 1
+
+    for i in range(4):
+        _send(store, f"u{i}@example.com")
+    _, (sent, retried) = store.pack_claim(
+        units=2, now=time.time(), execution_prefix="d-", worker="w", grace=30, lease=90, size=2
+    )
+    error = PermanentSendError("invalid", name="validation_error", status_code=422)
+    for settle in (
+        lambda: store.pack_ack(sent, [], done=list(sent.ids)),
+        lambda: store.pack_retry(retried, due=1.0, error=error),
+        lambda: store.pack_fail(retried, error),
+    ):
+        before = _transactions(real_conn)
+        settle()
+        assert _transactions(real_conn) - before == 1
+    assert not real_conn.exists(*[f"rq:job:{job_id}" for job_id in sent.ids])
+    assert real_conn.zcard(store.pack_keys.packs) == 0
