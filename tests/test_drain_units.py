@@ -5,6 +5,7 @@ injected (fixed clocks, a recording ``sleep``), so nothing waits. Runs on both t
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
@@ -17,9 +18,12 @@ import redis
 
 from emailqueue import Settings, drain
 from emailqueue._constants import META_KEY
+from emailqueue._pack import Packer, Prepared
+from emailqueue._pack_scripts import PackRow
+from emailqueue._ratelimit import MARGIN, RateLimiter, limiter_key
 from emailqueue._resend import BatchResult
 from emailqueue.testing import FakeResend
-from tests.test_drain_rounds import queue
+from tests.test_drain_rounds import Sleeps, queue
 
 LATER = 10_000.0
 
@@ -146,3 +150,87 @@ def test_a_job_claimed_without_packing_names_the_drain_as_its_worker(
     report = drain(connection=conn, settings=settings, client=probe)
     assert report.sent == 2
     assert probe.workers == [b"emailqueue-drain", b"emailqueue-drain"]
+
+
+def test_a_send_taken_exactly_at_the_end_of_the_budget_still_fits(
+    conn: redis.Redis, settings: Settings, fake_resend: FakeResend
+) -> None:
+    """Budget 6 s, a send takes 3 s at worst (1 + 2 s timeouts): with 3 s gone, a send started
+    now ends exactly when the budget does, so it is taken."""
+    queue(conn, settings, 1)
+    reads = itertools.chain([0.0], itertools.repeat(3.0))  # the run starts at 0, then 3 s have gone
+    report = drain(connection=conn, settings=settings, time_budget=6.0, clock=lambda: next(reads))
+    assert (report.sent, report.stopped) == (1, "empty")
+
+
+def test_a_pack_waits_for_a_slot_another_sender_holds_on_the_drains_wall_clock(
+    conn: redis.Redis, settings: Settings, fake_resend: FakeResend
+) -> None:
+    """Another sender took the next slot of the shared limit at the drain's wall-clock time: the
+    drain's pack waits one interval for its own, counted from the reservation."""
+    paced = settings.model_copy(update={"resend_rate_limit": 2.0, "email_pack": True})
+    now = float(int(time.time() + LATER))  # whole seconds: Lua keeps the slot to 14 digits
+    held, _ = RateLimiter(conn, limiter_key("emails"), 2.0, clock=lambda: now).reserve(1)
+    assert held == 1
+    queue(conn, paced, 2)
+    sleeps = Sleeps()
+    report = drain(connection=conn, settings=paced, clock=lambda: 100.0, wall_clock=lambda: now, sleep=sleeps)
+    assert (report.packs, report.sent) == (1, 2)
+    assert sleeps.waits == [round(MARGIN / 2.0, 6)]
+
+
+def test_the_time_spent_building_packs_is_taken_off_the_singles_wait(
+    conn: redis.Redis, settings: Settings, fake_resend: FakeResend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pack and a single in one round, slots one interval apart from the reservation. Building
+    the pack's body takes 0.2 s; the single then waits one interval less those 0.2 s."""
+    paced = settings.model_copy(update={"resend_rate_limit": 2.0, "email_pack": True, "drain_concurrency": 2})
+    queue(conn, paced, 2, attached=1)
+    now = [100.0]
+    build = Packer.prepare
+
+    def slow_build(packer: Packer, packs: list[PackRow]) -> list[Prepared]:
+        ready = build(packer, packs)
+        now[0] += 0.2
+        return ready
+
+    monkeypatch.setattr(Packer, "prepare", slow_build)
+    sleeps = Sleeps()
+    report = drain(connection=conn, settings=paced, clock=lambda: now[0], sleep=sleeps)
+    assert (report.requests, report.packs, report.sent) == (2, 1, 3)
+    assert sleeps.waits == [round(MARGIN / 2.0 - 0.2, 6)]  # the pack's slot was already due
+
+
+def test_what_got_no_send_slot_goes_back_to_the_queue_unsent(
+    conn: redis.Redis, settings: Settings, fake_resend: FakeResend
+) -> None:
+    """A pack and a single claimed together, one slot granted in time (the next is 105 s away,
+    past the budget): the pack is sent, the single goes back to the queue, claimed by nobody."""
+    slow = settings.model_copy(update={"resend_rate_limit": 0.01, "email_pack": True, "drain_concurrency": 2})
+    (*_, single) = queue(conn, slow, 2, attached=1)
+    now = time.time()
+    report = drain(
+        connection=conn, settings=slow, time_budget=10.0, clock=lambda: 100.0, wall_clock=lambda: now
+    )
+    assert (report.requests, report.packs, report.sent) == (1, 1, 2)
+    assert (report.remaining, report.stopped) == (1, "time_budget")
+    assert len(fake_resend.accepted) == 2
+    assert conn.lrange("rq:queue:emails", 0, -1) == [single.encode()]
+    assert conn.zcard("rq:wip:emails") == 0
+    assert conn.hget(f"rq:job:{single}", "status") == b"queued"
+
+
+def test_each_run_sends_its_packs_under_keys_of_their_own(
+    conn: redis.Redis, settings: Settings, fake_resend: FakeResend
+) -> None:
+    """Resend answers a reused Idempotency-Key from its cache (or refuses a different body): two
+    runs' packs must never share one, or the second run's emails are not sent."""
+    packing = settings.model_copy(update={"email_pack": True})
+    queue(conn, packing, 2)
+    first = drain(connection=conn, settings=packing)
+    queue(conn, packing, 2)
+    second = drain(connection=conn, settings=packing)
+    assert (first.packs, first.sent, second.packs, second.sent) == (1, 2, 1, 2)
+    keys = [r.headers["idempotency-key"] for r in fake_resend.requests]
+    assert len(keys) == 2 and len(set(keys)) == 2
+    assert len(fake_resend.accepted) == 4
