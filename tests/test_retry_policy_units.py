@@ -200,8 +200,8 @@ def test_a_job_abandoned_on_its_last_attempt_is_held_on_under_its_key(
     fake: redis.Redis, three: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Held, not failed: one more retry at the backoff of its attempts so far plus this one
-    (four recorded, requeued once: attempt 5, 160 s, low end 80), its record (saved now, as RQ
-    does not save the meta when it retries from its cleanup) saying Resend may have it."""
+    (four recorded, requeued once: attempt 5, 160 s, low end 80), its record (saved at once,
+    whatever RQ does with the job next) saying Resend may have it."""
     job = _job(fake, retries_left=0, record={"attempts": 4, "requeued": 1, "past_attempts": 3})
     caplog.set_level(logging.WARNING, logger="emailqueue")
     apply_abandoned_policy(job, three, accepted=False, now=_created(job) + 3600, rng=LowestJitter())
