@@ -32,7 +32,7 @@ from ._budget import fit_to_budget
 from ._connection import connect_from, redis_errors
 from ._events import SentEmail, sent_emails
 from ._exceptions import RetryableSendError, SendError
-from ._failure import maybe_sent_of
+from ._failure import key_window_start, maybe_sent_of
 from ._jobs import RUNTIME
 from ._pack import PACK_SIZE, Packer, Prepared
 from ._pack_scripts import PackRow
@@ -352,7 +352,9 @@ class _Run:
             return Outcome(sent=0), []
         if delay > 0:
             self.sleep(delay)
-        if maybe_sent_of(row.meta) and window_closing(self.store.created_at(row.job_id), self.wall_clock()):
+        if maybe_sent_of(row.meta) and window_closing(
+            key_window_start(row.meta, self.store.created_at(row.job_id)), self.wall_clock()
+        ):
             raise outcome_unknown(None)  # Resend may have forgotten its key: never send it again
         payload = parse_payload(decode_job_data(row.data)["payload"])
         # The slot was reserved for this job; a 429 still pauses every sender sharing the limit.

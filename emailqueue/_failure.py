@@ -9,6 +9,7 @@ API reads it with :func:`read_record`.
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime
 from typing import Any, TypedDict
 
@@ -30,7 +31,9 @@ class FailureRecord(TypedDict, total=False):
     last requeue; ``failed_at``: ISO time of the last counted failure; ``next_retry_in_s``: the
     scheduled retry, None if none; ``requeued``: how often it was requeued; ``past_attempts``:
     attempts spent before the last requeue; ``maybe_sent``: a send of it failed ambiguously (a
-    timeout, a lost reply, a 5xx), so Resend may have accepted it (see ``_retry``)."""
+    timeout, a lost reply, a 5xx), so Resend may have accepted it (see ``_retry``);
+    ``window_from``: Unix time of a requeue after which no earlier send counts (see
+    :func:`key_window_start`)."""
 
     error: ErrorRecord | None
     attempts: int
@@ -39,6 +42,7 @@ class FailureRecord(TypedDict, total=False):
     requeued: int
     past_attempts: int
     maybe_sent: bool
+    window_from: int
 
 
 def read_record(meta: Any) -> FailureRecord:
@@ -82,6 +86,8 @@ def _copy_ints(record: dict[str, Any], out: FailureRecord) -> None:
         out["past_attempts"] = record["past_attempts"]
     if isinstance(record.get("next_retry_in_s"), int):
         out["next_retry_in_s"] = record["next_retry_in_s"]
+    if isinstance(record.get("window_from"), int):
+        out["window_from"] = record["window_from"]
 
 
 def attempts_of(meta: Any) -> int:
@@ -117,9 +123,11 @@ def failure_record(
     return record
 
 
-def requeue_record(meta: Any, *, maybe_sent: bool = True) -> FailureRecord:
-    """The record of a job put back on the queue: no error, attempts counted as past ones.
-    ``maybe_sent=False`` forgets that Resend may have it (a forced requeue: send it anyway)."""
+def requeue_record(meta: Any, *, now: float, maybe_sent: bool = True) -> FailureRecord:
+    """The record of a job put back on the queue at ``now`` (Unix time): no error, attempts
+    counted as past ones. ``maybe_sent=False`` forgets that Resend may have it (a forced
+    requeue: send it anyway). A job Resend may not have starts a new key window at ``now``:
+    no earlier send of it can have been accepted, so only the sends from now on count."""
     old = read_record(meta)
     record: FailureRecord = {
         "error": None,
@@ -129,7 +137,18 @@ def requeue_record(meta: Any, *, maybe_sent: bool = True) -> FailureRecord:
     }
     if maybe_sent and old.get("maybe_sent"):
         record["maybe_sent"] = True  # the key's earlier sends still count: Resend may have it
+        if "window_from" in old:
+            record["window_from"] = old["window_from"]
+    else:
+        record["window_from"] = math.floor(now)
     return record
+
+
+def key_window_start(meta: Any, created_at: float) -> float:
+    """When the sends that count for the job's Idempotency-Key began, at the earliest: its
+    creation, or a later requeue that started over (``window_from``). Resend's 24 h memory of
+    a send that may have been accepted is measured from here (see ``_retry``)."""
+    return max(created_at, float(read_record(meta).get("window_from", 0)))
 
 
 def meta_with(meta: Any, record: FailureRecord) -> str:

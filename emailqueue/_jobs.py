@@ -26,7 +26,7 @@ from rq.job import Job
 
 from ._events import record_sent, sent_emails
 from ._exceptions import ConfigurationError, SendError
-from ._failure import maybe_sent_of
+from ._failure import key_window_start, maybe_sent_of
 from ._outbox import OutboxClient
 from ._payload import parse_payload
 from ._ratelimit import RateLimiter, limiter_key
@@ -196,9 +196,9 @@ def _record_sent(job: Job, raw: Any, outcome: Outcome, settings: Settings) -> No
 def _key_forgotten(job: Job) -> bool:
     """A send of the job failed ambiguously, and Resend's memory of its key is about to end."""
     created = job.created_at
-    return (
-        created is not None and maybe_sent_of(job.meta) and window_closing(created.timestamp(), time.time())
-    )
+    if created is None or not maybe_sent_of(job.meta):
+        return False
+    return window_closing(key_window_start(job.meta, created.timestamp()), time.time())
 
 
 def send_payload(

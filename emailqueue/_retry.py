@@ -53,7 +53,15 @@ from ._exceptions import (
     RetryableSendError,
     SendError,
 )
-from ._failure import FailureRecord, attempts_of, failure_record, maybe_sent_of, read_record, record_on
+from ._failure import (
+    FailureRecord,
+    attempts_of,
+    failure_record,
+    key_window_start,
+    maybe_sent_of,
+    read_record,
+    record_on,
+)
 from ._settings import Settings
 
 log = logging.getLogger("emailqueue")
@@ -200,7 +208,7 @@ def apply_abandoned_policy(
         record["maybe_sent"] = True
         record_on(job, record, save=True)
         return
-    since = job.created_at.timestamp() if job.created_at else 0.0
+    since = key_window_start(job.meta, job.created_at.timestamp() if job.created_at else 0.0)
     now = time.time() if now is None else now
     delay, error, record = plan_abandoned(job.meta, since=since, now=now, settings=settings, rng=rng)
     # RQ saves the meta with a retry, not when it fails the job (docs/PLATFORM.md, "RQ: abandoned jobs").
@@ -264,7 +272,8 @@ def apply_failure_policy(
     delay, job.retries_left = plan_retry(exc, attempts, job.retries_left or 0, settings, rng)
     if delay is None and maybe_sent and not isinstance(exc, PermanentSendError):
         # Out of attempts, but Resend may have this email: retry under its key while it lasts.
-        since = job.created_at.timestamp() if job.created_at else 0.0  # before any send of its key
+        created = job.created_at.timestamp() if job.created_at else 0.0  # before any send of its key
+        since = key_window_start(job.meta, created)
         now = time.time() if now is None else now
         delay = hold_on_delay(exc, attempts=attempts, since=since, now=now, settings=settings, rng=rng)
         if delay is None:

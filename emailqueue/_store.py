@@ -51,7 +51,7 @@ from ._constants import SUPPRESSED_KEY
 from ._enqueue import job_mapping
 from ._events import SentEmail, record_sent
 from ._exceptions import SendError
-from ._failure import failure_record, meta_with, read_record, requeue_record
+from ._failure import failure_record, key_window_start, meta_with, read_record, requeue_record
 from ._keys import QueueKeys
 from ._now_scripts import Claim, NowClaimed, NowScripts
 from ._pack_scripts import PackKeys, PackRow, PackScripts
@@ -272,7 +272,7 @@ class JobStore:
         resent, False if it failed or someone else settled it."""
         meta = self.conn.hget(self.keys.job_prefix + job_id, "meta")
         delay, error, record = plan_abandoned(
-            meta, since=self.created_at(job_id), now=now, settings=self.settings
+            meta, since=key_window_start(meta, self.created_at(job_id)), now=now, settings=self.settings
         )
         if delay is None:
             log.warning("job %s: abandoned as its key's window closes: failed (%s)", job_id, error.name)
@@ -319,7 +319,8 @@ class JobStore:
                 continue
             # Forced: its earlier sends no longer count, or it would fail again unsent
             # (a send after an ambiguous one is never made once the key's window is closing).
-            pairs.append((job_id, meta_with(meta, requeue_record(meta, maybe_sent=not unknown))))
+            record = requeue_record(meta, now=self.wall_clock(), maybe_sent=not unknown)
+            pairs.append((job_id, meta_with(meta, record)))
         requeued, missing, delivered = self.scripts.requeue(
             metas=pairs,
             retries_left=max(self.settings.email_max_attempts - 1, 0),

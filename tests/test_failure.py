@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-from emailqueue._failure import failure_record, read_record, requeue_record
+from emailqueue._failure import failure_record, key_window_start, read_record, requeue_record
 
 
 def test_a_record_with_missing_or_mistyped_fields_reads_as_the_status_api_shows_it() -> None:
@@ -60,17 +60,37 @@ def test_a_requeue_counts_the_attempts_as_past_ones_and_keeps_that_resend_may_ha
             "maybe_sent": True,
         }
     }
-    assert requeue_record(meta) == {
+    assert requeue_record(meta, now=5000.7) == {
         "error": None,
         "attempts": 0,
         "requeued": 2,
         "past_attempts": 5,
         "maybe_sent": True,
     }
-    assert requeue_record(meta, maybe_sent=False) == {
+    assert requeue_record(meta, now=5000.7, maybe_sent=False) == {
         "error": None,
         "attempts": 0,
         "requeued": 2,
         "past_attempts": 5,
+        "window_from": 5000,
     }
-    assert requeue_record(None) == {"error": None, "attempts": 0, "requeued": 1, "past_attempts": 0}
+    assert requeue_record(None, now=5000.7) == {
+        "error": None,
+        "attempts": 0,
+        "requeued": 1,
+        "past_attempts": 0,
+        "window_from": 5000,
+    }
+
+
+def test_a_key_window_starts_at_creation_or_at_a_requeue_that_started_over() -> None:
+    """A requeue of a job Resend may not have restarts the window its later sends are measured
+    in; a requeue that keeps ``maybe_sent`` keeps the window it had (its earlier sends count)."""
+    assert key_window_start(None, 100.0) == 100.0
+    fresh = {"emailqueue": requeue_record(None, now=9000.0)}
+    assert key_window_start(fresh, 100.0) == 9000.0
+    assert key_window_start(fresh, 9500.5) == 9500.5, "the later of the two"
+    maybe = {"emailqueue": {**requeue_record(None, now=9000.0), "maybe_sent": True, "attempts": 1}}
+    kept = {"emailqueue": requeue_record(maybe, now=20000.0)}
+    assert kept["emailqueue"]["window_from"] == 9000 and key_window_start(kept, 100.0) == 9000.0
+    assert key_window_start({"emailqueue": {"window_from": "junk"}}, 100.0) == 100.0

@@ -16,11 +16,13 @@ import io
 import json
 import re
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
 import redis
+from rq.utils import utcformat
 
 from emailqueue import Settings, drain, requeue_failed, send_email
 from emailqueue._cli import main
@@ -101,6 +103,28 @@ def test_a_forced_requeue_sends_an_outcome_unknown_job_again(
     assert "maybe_sent" not in record and record.get("requeued") == 1
     assert drain(connection=conn, settings=settings).sent == 1
     assert [e.idempotency_key for e in fake_resend.accepted] == [f"emailqueue-{unknown}"]
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_a_job_requeued_a_day_after_its_creation_gets_a_fresh_key_window(
+    conn: redis.Redis, settings: Settings, fake_resend: FakeResend, force: bool
+) -> None:
+    """Refused for good (422), fixed and requeued 30 h after it was created: nothing it sent
+    before can have been accepted, so its key's window starts at the requeue. A timeout of the
+    new send is then retried under its key and sent, not failed as ``outcome_unknown`` because
+    the job's creation is more than 23 h old."""
+    job_id = fail_definitely(conn, settings, fake_resend)
+    created = datetime.fromtimestamp(time.time() - 30 * 3600, UTC)
+    conn.hset(f"rq:job:{job_id}", "created_at", utcformat(created))
+    assert requeue_failed(conn, settings, force=force).requeued == [job_id]
+    assert read_record(conn.hget(f"rq:job:{job_id}", "meta")).get("window_from", 0) >= time.time() - 60
+
+    fake_resend.fail_next(1, 500, "internal_server_error")
+    assert drain(connection=conn, settings=settings).retrying == 1
+    report = drain(connection=conn, settings=settings, wall_clock=lambda: time.time() + 3600)
+    assert (report.sent, report.failed) == (1, 0)
+    keys = [r.headers["idempotency-key"] for r in fake_resend.requests[-2:]]
+    assert keys == [f"emailqueue-{job_id}"] * 2, "the retry went out under the job's own key"
 
 
 def test_an_outcome_unknown_job_not_in_the_failed_registry_is_not_found(

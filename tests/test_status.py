@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import socket
 import threading
 import time
@@ -299,7 +300,9 @@ def test_requeue_by_id_keeps_the_payload_and_gives_full_retries(
     data_before = conn.hget(f"rq:job:{job_id}", "data")
     assert conn.ttl(f"rq:job:{job_id}") > 0  # RQ's failure TTL
 
+    before = math.floor(time.time())
     report = requeue_failed(conn, settings, [job_id])
+    after = time.time()
 
     assert report.to_dict() == {
         "requeued": [job_id],
@@ -316,6 +319,8 @@ def test_requeue_by_id_keeps_the_payload_and_gives_full_retries(
     assert conn.lrange("rq:queue:emails", 0, -1) == [job_id.encode()]
     assert conn.zcard("rq:failed:emails") == 0
     record = json.loads(conn.hget(key, "meta") or b"{}")[META_KEY]
+    window_from = record.pop("window_from")
+    assert before <= window_from <= after, "its key's window starts again at the requeue"
     assert record == {"error": None, "attempts": 0, "requeued": 1, "past_attempts": 1}
     # Full retries again: a transient failure now waits for a retry instead of failing.
     fake_resend.fail_next(1, 500, "internal_server_error")

@@ -372,6 +372,7 @@ def test_requeue_counts_add_up_over_requeues_and_start_from_nothing(
     conn.hset(f"rq:job:{job_id}", "meta", "{}")
     assert requeue_failed(conn, settings).requeued == [job_id]
     record = read_record(conn.hget(f"rq:job:{job_id}", "meta"))
+    assert record.pop("window_from", 0) > 0  # a new key window (test_requeue_outcome_unknown.py)
     assert record == {"attempts": 0, "requeued": 1, "past_attempts": 0}  # and no error
     for attempts, expected in ((2, (2, 2)), (3, (3, 5))):
         meta = {"emailqueue": {**record, "attempts": attempts}}
