@@ -127,6 +127,21 @@ def test_a_drain_holds_on_to_a_job_abandoned_on_its_last_attempt_and_resends_it_
     assert _state(conn, job_id)["failed"] == 0
 
 
+def test_a_drain_holds_on_to_a_job_requeued_long_after_its_creation_in_the_requeues_window(
+    conn: redis.Redis, last_attempt: Settings
+) -> None:
+    """Created 30 h ago, requeued now (its record's ``window_from``), abandoned on its last
+    attempt: its key's window runs from the requeue, so it is held on, not failed unknown."""
+    job_id = _enqueue(conn, last_attempt)
+    _created_hours_ago(conn, job_id, 30)
+    record = {"attempts": 0, "requeued": 1, "window_from": int(time.time())}
+    conn.hset(f"rq:job:{job_id}", "meta", json.dumps({"emailqueue": record}))
+    _claim_and_die(conn, last_attempt, job_id)
+    report = drain(connection=conn, settings=last_attempt, wall_clock=lambda: time.time() + LATER)
+    assert (report.recovered, report.failed) == (1, 0)
+    assert _state(conn, job_id) == HELD
+
+
 def test_a_job_that_keeps_being_abandoned_is_held_until_the_window_closes_then_fails_unknown(
     conn: redis.Redis, last_attempt: Settings, fake_resend: FakeResend
 ) -> None:

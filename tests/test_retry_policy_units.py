@@ -239,3 +239,42 @@ def test_a_job_abandoned_on_its_last_attempt_as_its_window_closes_fails_as_outco
     assert [r.getMessage() for r in caplog.records] == [
         "job em_units: abandoned as its key's window closes: failed (outcome_unknown)"
     ]
+
+
+# --- a requeue that started a new key window (window_from) ---------------------------------------
+
+#: A day and a half: the job's creation is far past its key's window, its requeue is not.
+DAY_AND_A_HALF = 36 * 3600
+
+
+def _requeued_long_after_creation(fake: redis.Redis) -> Job:
+    """A job on its last attempt, requeued a day and a half after its creation (its record's
+    ``window_from``), with one ambiguous failure since."""
+    job = _job(fake, retries_left=0)
+    window_from = int(_created(job)) + DAY_AND_A_HALF
+    job.meta["emailqueue"] = {"attempts": 1, "requeued": 1, "maybe_sent": True, "window_from": window_from}
+    job.save_meta()
+    return job
+
+
+def test_a_failure_after_a_requeue_is_held_on_in_the_requeues_window(
+    fake: redis.Redis, three: Settings
+) -> None:
+    """The window runs from the requeue, not the creation: an hour after the requeue, a 5xx on
+    the last attempt is held on under the key (attempt 2: 20 s, low end 10), not failed."""
+    job = _requeued_long_after_creation(fake)
+    boom = RetryableSendError("boom", status_code=500, name="internal_server_error")
+    now = _created(job) + DAY_AND_A_HALF + 3600
+    assert apply_failure_policy(job, boom, three, rng=LowestJitter(), now=now) is boom
+    assert (job.retries_left, job.retry_intervals) == (1, [10])
+
+
+def test_an_abandonment_after_a_requeue_is_held_on_in_the_requeues_window(
+    fake: redis.Redis, three: Settings
+) -> None:
+    job = _requeued_long_after_creation(fake)
+    now = _created(job) + DAY_AND_A_HALF + 3600
+    apply_abandoned_policy(job, three, accepted=False, now=now, rng=LowestJitter())
+    assert job.retries_left == 1, "held on, not failed as outcome_unknown"
+    error = read_record(fake.hget(job.key, "meta")).get("error")
+    assert error is not None and error["name"] == ABANDONED
