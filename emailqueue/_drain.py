@@ -32,13 +32,12 @@ from ._budget import fit_to_budget
 from ._connection import connect_from, redis_errors
 from ._events import SentEmail, sent_emails
 from ._exceptions import RetryableSendError, SendError
-from ._failure import key_window_start, maybe_sent_of
 from ._jobs import RUNTIME
 from ._pack import PACK_SIZE, Packer, Prepared
 from ._pack_scripts import PackRow
 from ._payload import decode_job_data, parse_payload
 from ._ratelimit import RateLimiter, limiter_key
-from ._retry import outcome_unknown, window_closing
+from ._retry import key_forgotten, outcome_unknown
 from ._send import Outcome, Sender, send
 from ._settings import Settings, load_settings
 from ._store import Claimed, JobStore
@@ -352,9 +351,7 @@ class _Run:
             return Outcome(sent=0), []
         if delay > 0:
             self.sleep(delay)
-        if maybe_sent_of(row.meta) and window_closing(
-            key_window_start(row.meta, self.store.created_at(row.job_id)), self.wall_clock()
-        ):
+        if key_forgotten(row.meta, lambda: self.store.created_at(row.job_id), self.wall_clock()):
             raise outcome_unknown(None)  # Resend may have forgotten its key: never send it again
         payload = parse_payload(decode_job_data(row.data)["payload"])
         # The slot was reserved for this job; a 429 still pauses every sender sharing the limit.

@@ -26,7 +26,6 @@ from rq.job import Job
 
 from ._events import record_sent, sent_emails
 from ._exceptions import ConfigurationError, SendError
-from ._failure import key_window_start, maybe_sent_of
 from ._outbox import OutboxClient
 from ._payload import parse_payload
 from ._ratelimit import RateLimiter, limiter_key
@@ -35,8 +34,8 @@ from ._retry import (
     apply_abandoned_policy,
     apply_failure_policy,
     keep_for_later,
+    key_forgotten,
     outcome_unknown,
-    window_closing,
 )
 from ._send import Outcome, Sender, send
 from ._settings import Settings, load_settings
@@ -193,12 +192,8 @@ def _record_sent(job: Job, raw: Any, outcome: Outcome, settings: Settings) -> No
         log.warning("job %s: sent, but its lifecycle record failed (%r)", job.id, exc)
 
 
-def _key_forgotten(job: Job) -> bool:
-    """A send of the job failed ambiguously, and Resend's memory of its key is about to end."""
-    created = job.created_at
-    if created is None or not maybe_sent_of(job.meta):
-        return False
-    return window_closing(key_window_start(job.meta, created.timestamp()), time.time())
+def _created_at(job: Job) -> float | None:
+    return job.created_at.timestamp() if job.created_at else None
 
 
 def send_payload(
@@ -215,7 +210,7 @@ def send_payload(
     policy to ``job``."""
     try:
         payload = parse_payload(raw)
-        if job is not None and _key_forgotten(job):
+        if job is not None and key_forgotten(job.meta, lambda: _created_at(job), time.time()):
             raise outcome_unknown(None)  # Resend may have forgotten its key: never send it again
         wait = (
             max(0.0, (job.timeout or settings.email_job_timeout_s) - settings.send_timeout_s) if job else 0.0

@@ -41,6 +41,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 from rq.job import Job
@@ -140,6 +141,22 @@ def window_closing(since: float, now: float) -> bool:
     return now >= since + KEY_WINDOW_S - SEND_GUARD_S
 
 
+def key_forgotten(meta: Any, created_at: Callable[[], float | None], now: float) -> bool:
+    """Whether a job must not be sent again: a send of it failed ambiguously (its record in
+    ``meta`` says so), and Resend's memory of its key, counted from :func:`key_window_start` of
+    its creation, is about to end. ``created_at`` reads the creation (Unix time; None: unknown,
+    never taken as forgotten) only for such a job: for the drain it is a Redis read."""
+    if not maybe_sent_of(meta):
+        return False
+    created = created_at()
+    return created is not None and window_closing(key_window_start(meta, created), now)
+
+
+def _window_start(job: Job) -> float:
+    """:func:`key_window_start` of an RQ job (a job without a creation time counts from 0)."""
+    return key_window_start(job.meta, job.created_at.timestamp() if job.created_at else 0.0)
+
+
 def outcome_unknown(last: SendError | None) -> PermanentSendError:
     """The error an email fails with when its key's window closed before Resend told us its fate."""
     why = f" (the last attempt: {last.name}: {last.message})" if last is not None else ""
@@ -208,7 +225,7 @@ def apply_abandoned_policy(
         record["maybe_sent"] = True
         record_on(job, record, save=True)
         return
-    since = key_window_start(job.meta, job.created_at.timestamp() if job.created_at else 0.0)
+    since = _window_start(job)
     now = time.time() if now is None else now
     delay, error, record = plan_abandoned(job.meta, since=since, now=now, settings=settings, rng=rng)
     # RQ saves the meta with a retry, not when it fails the job (docs/PLATFORM.md, "RQ: abandoned jobs").
@@ -272,8 +289,7 @@ def apply_failure_policy(
     delay, job.retries_left = plan_retry(exc, attempts, job.retries_left or 0, settings, rng)
     if delay is None and maybe_sent and not isinstance(exc, PermanentSendError):
         # Out of attempts, but Resend may have this email: retry under its key while it lasts.
-        created = job.created_at.timestamp() if job.created_at else 0.0  # before any send of its key
-        since = key_window_start(job.meta, created)
+        since = _window_start(job)  # before any send of its key that counts
         now = time.time() if now is None else now
         delay = hold_on_delay(exc, attempts=attempts, since=since, now=now, settings=settings, rng=rng)
         if delay is None:
